@@ -1,0 +1,146 @@
+"""The env contract: every environment family is a VecEnv of B envs that steps on batched torch tensors.
+
+Shape letters: B envs, N agents, O observation width, S global-state width, A actions per agent.
+
+A VecEnv auto-resets: when env b finishes at a step (terminated or truncated), the returned ``obs[b]``,
+``state[b]``, ``avail_actions[b]``, ``alive[b]`` and ``active[b]`` already belong to the first step of its next
+episode, while ``final_obs[b]``, ``final_state[b]`` and ``final_alive[b]`` keep the last observation of the episode
+that ended (to bootstrap a truncated episode) and ``episode[...][b]`` holds that episode's statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, runtime_checkable
+
+import gymnasium
+import torch
+from torch import Tensor
+
+# Keys every finished episode reports in Step.episode; task metrics ("success", "won") come on top.
+EPISODE_KEYS = ("return", "length")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Static description of an env family instance (one agent type after padding).
+
+    n_agents N, obs_dim O, state_dim S, n_actions A (the largest action space; extra actions are unavailable),
+    episode_limit (steps after which an episode is truncated), agent_names (N names, in agent order),
+    observation_spaces / action_spaces: per-agent gymnasium spaces keyed by agent name (the env's own, unpadded),
+    task_metrics: names of the per-episode task metrics this env reports (e.g. ("success",) or ("won",)).
+    """
+
+    n_agents: int
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+    episode_limit: int
+    agent_names: tuple[str, ...]
+    observation_spaces: Mapping[str, gymnasium.Space]
+    action_spaces: Mapping[str, gymnasium.Space]
+    task_metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.agent_names) != self.n_agents:
+            raise ValueError(f"EnvSpec: {len(self.agent_names)} agent_names for n_agents={self.n_agents}")
+        if min(self.n_agents, self.obs_dim, self.n_actions, self.episode_limit) < 1:
+            raise ValueError(f"EnvSpec: sizes must be >= 1, got {self}")
+
+
+@dataclass
+class Step:
+    """What reset() and step() return, all on the env's device.
+
+    obs [B,N,O] f32 | state [B,S] f32 | avail_actions [B,N,A] bool | reward [B,N] f32 (zeros after reset)
+    terminated [B] bool (the task ended: no bootstrap) | truncated [B] bool (time limit: bootstrap from final_obs)
+    alive [B,N] bool (the agent exists; dead agents have zero obs, only the no-op, and are no senders)
+    active [B,N] bool (the agent's action matters; counts in the losses)
+    final_obs [B,N,O] f32, final_state [B,S] f32, final_alive [B,N] bool: the last observation of the episode that
+        ended, where terminated | truncated; equal to obs / state / alive elsewhere.
+    episode: dict of [B] f32 tensors, valid where terminated | truncated: "return" (sum over time of the mean reward
+        over agents), "length" (steps), and the spec's task metrics ("success", "won") as 0/1.
+    """
+
+    obs: Tensor
+    state: Tensor
+    avail_actions: Tensor
+    reward: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    alive: Tensor
+    active: Tensor
+    final_obs: Tensor
+    final_state: Tensor
+    final_alive: Tensor
+    episode: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def done(self) -> Tensor:
+        """[B] bool: the env finished an episode at this step (terminated or truncated)."""
+        return self.terminated | self.truncated
+
+    def to(self, device: torch.device | str) -> "Step":
+        """A copy with every tensor moved to `device`."""
+        return Step(
+            **{k: getattr(self, k).to(device) for k in STEP_TENSORS},
+            episode={k: v.to(device) for k, v in self.episode.items()},
+        )
+
+
+STEP_TENSORS = (
+    "obs", "state", "avail_actions", "reward", "terminated", "truncated", "alive", "active",
+    "final_obs", "final_state", "final_alive",
+)
+
+
+@runtime_checkable
+class VecEnv(Protocol):
+    """B envs stepped together. Finished envs auto-reset inside step()."""
+
+    num_envs: int
+    device: torch.device
+    spec: EnvSpec
+
+    def reset(self, seed: int | None = None) -> Step:
+        """Reset all B envs; `seed` makes everything after it reproducible."""
+        ...
+
+    def step(self, actions: Tensor) -> Step:
+        """Advance all B envs by one step; actions LongTensor [B,N] (must be available)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def check_actions(actions: Tensor, num_envs: int, n_agents: int) -> None:
+    """Raise ValueError unless actions is an integer tensor of shape [B, N]."""
+    if actions.shape != (num_envs, n_agents):
+        raise ValueError(f"step(): actions must be [B={num_envs}, N={n_agents}], got {tuple(actions.shape)}")
+    if actions.dtype.is_floating_point or actions.dtype == torch.bool:
+        raise TypeError(f"step(): actions must be an integer tensor, got {actions.dtype}")
+
+
+def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
+    """Assert that a Step matches the contract (shapes and dtypes); used by the contract tests."""
+    B, N, O, S, A = num_envs, spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions
+    want = {
+        "obs": ((B, N, O), torch.float32), "state": ((B, S), torch.float32),
+        "avail_actions": ((B, N, A), torch.bool), "reward": ((B, N), torch.float32),
+        "terminated": ((B,), torch.bool), "truncated": ((B,), torch.bool),
+        "alive": ((B, N), torch.bool), "active": ((B, N), torch.bool),
+        "final_obs": ((B, N, O), torch.float32), "final_state": ((B, S), torch.float32),
+        "final_alive": ((B, N), torch.bool),
+    }
+    for name, (shape, dtype) in want.items():
+        t = getattr(step, name)
+        assert tuple(t.shape) == shape and t.dtype == dtype, (
+            f"Step.{name}: expected {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
+    for key in EPISODE_KEYS + spec.task_metrics:
+        assert key in step.episode, f"Step.episode lacks {key!r} (has {sorted(step.episode)})"
+        assert tuple(step.episode[key].shape) == (B,), f"Step.episode[{key!r}]: expected ({B},)"
+    assert bool(step.avail_actions.any(-1).all()), "every agent needs at least one available action"
+
+
+class EnvUnavailableError(RuntimeError):
+    """An env needs something outside Python that is missing (e.g. StarCraft II); the message says how to install it."""
