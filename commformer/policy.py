@@ -1,0 +1,101 @@
+"""The acting agent: the CommFormer network plus its communication graph, in the three ways a run uses them.
+
+- act():     rollouts and evaluation; draws (or fixes) the graph and gate, decodes actions autoregressively.
+- value():   V of given observations under a given acting graph (to bootstrap truncated episodes).
+- score():   the update's teacher-forced pass over stored (graph, gate, actions) with gradients to alpha and p.
+Shapes: B batch, N agents, O obs width, A actions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from commformer.gates import sample_gate, straight_through_gate
+from commformer.graph import CommGraph, decoder_mask, receive_mask
+from commformer.model import CommFormer
+
+# How act() picks the graph: "sample" (Gumbel top-k, learned; fixed graph otherwise), "full" (warmup),
+# "deterministic" (top-k(alpha): evaluation and after freeze).
+GRAPH_CHOICES = ("sample", "full", "deterministic")
+# How act() picks the gate: "sample" (Bernoulli(p)), "open" (warmup), "threshold" (p > 0.5: evaluation).
+GATE_CHOICES = ("sample", "open", "threshold")
+
+
+@dataclass
+class ActOut:
+    actions: Tensor  # [B,N] long
+    log_prob: Tensor  # [B,N] f32
+    value: Tensor  # [B,N] f32 (normalised units)
+    graph: Tensor  # [B,N,N] bool, the acting graph (no self-loop)
+    noise: Tensor  # [B,N,N] f32, its Gumbel noise (zeros unless sampled)
+    gate: Optional[Tensor]  # [B,N] bool, or None without a gate
+    gate_prob: Optional[Tensor]  # [B,N] f32, or None
+
+
+class Agent(nn.Module):
+    def __init__(self, model: CommFormer, graph: CommGraph) -> None:
+        super().__init__()
+        self.model, self.graph = model, graph
+
+    def pick_graph(self, batch: int, how: str, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(hard [B,N,N] bool, noise [B,N,N] f32) per `how` in GRAPH_CHOICES."""
+        if how == "full":
+            return self.graph.full(batch)
+        if how == "deterministic":
+            n = self.graph.n_agents
+            hard = self.graph.deterministic().expand(batch, n, n).clone()
+            return hard, torch.zeros(batch, n, n, device=hard.device)
+        return self.graph.sample(batch, generator)
+
+    @staticmethod
+    def pick_gate(p: Tensor | None, how: str, generator: torch.Generator | None) -> Tensor | None:
+        if p is None:
+            return None
+        if how == "open":
+            return torch.ones_like(p, dtype=torch.bool)
+        if how == "threshold":
+            return p > 0.5
+        return sample_gate(p, generator)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, avail: Tensor, alive: Tensor, graph_how: str, gate_how: str,
+            generator: torch.Generator | None, deterministic: bool = False) -> ActOut:
+        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut."""
+        hard, noise = self.pick_graph(obs.shape[0], graph_how, generator)
+        mask = receive_mask(hard.float(), alive)
+        h = self.model.embed(obs)
+        p = self.model.gate_prob(h)
+        gate = self.pick_gate(p, gate_how, generator)
+        g = None if gate is None else gate.float()
+        enc, value = self.model.encode(h, mask, g)
+        actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic)
+        return ActOut(actions, logp, value, hard, noise, gate, p)
+
+    @torch.no_grad()
+    def value(self, obs: Tensor, alive: Tensor, hard: Tensor, gate_how: str,
+              generator: torch.Generator | None) -> Tensor:
+        """V [B,N] (normalised units) of obs [B,N,O] under the acting graph hard [B,N,N] bool."""
+        h = self.model.embed(obs)
+        gate = self.pick_gate(self.model.gate_prob(h), gate_how, generator)
+        g = None if gate is None else gate.float()
+        return self.model.encode(h, receive_mask(hard.float(), alive), g)[1]
+
+    def score(self, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor, noise: Tensor,
+              gate: Tensor | None, relax_graph: bool, relax_gate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Teacher-forced pass over stored decisions -> (log_prob [B,N], entropy [B,N], value [B,N], p [B,N] or None).
+
+        hard/noise [B,N,N]: the stored acting graph; with relax_graph the gradient reaches the current alpha.
+        gate [B,N] bool: the stored gate decisions; with relax_gate the gradient reaches p (straight-through)."""
+        adjacency = self.graph.relaxed(hard, noise) if relax_graph else hard.float()
+        mask = receive_mask(adjacency, alive)
+        h = self.model.embed(obs)
+        p = self.model.gate_prob(h)
+        g = None
+        if gate is not None and p is not None:
+            g = straight_through_gate(gate, p) if relax_gate else gate.float()
+        enc, value = self.model.encode(h, mask, g)
+        logp, entropy = self.model.teacher_forced(enc, actions, decoder_mask(mask), g, avail)
+        return logp, entropy, value, p
