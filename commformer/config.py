@@ -44,6 +44,7 @@ class AlgoConfig:
     sparsity: float = 0.4
     graph_lr: float = 3e-3
     tau: float = 1.0
+    decoder_graph_grad: bool = False
     hidden: int = 64
     heads: int = 1
     layers: int = 1

@@ -36,9 +36,14 @@ class ActOut:
 
 
 class Agent(nn.Module):
-    def __init__(self, model: CommFormer, graph: CommGraph) -> None:
+    """decoder_graph_grad: whether the decoder's mask D also carries the graph's gradient (w * D). Off by default:
+    through D the loss measures the effect of a sender's sampled action, which on the signal game pushed alpha away
+    from the one informative sender (README, "Decisions"); the encoder's w * M path carries the gradient either way."""
+
+    def __init__(self, model: CommFormer, graph: CommGraph, decoder_graph_grad: bool = False) -> None:
         super().__init__()
         self.model, self.graph = model, graph
+        self.decoder_graph_grad = decoder_graph_grad
 
     def pick_graph(self, batch: int, how: str, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """(hard [B,N,N] bool, noise [B,N,N] f32) per `how` in GRAPH_CHOICES."""
@@ -97,5 +102,6 @@ class Agent(nn.Module):
         if gate is not None and p is not None:
             g = straight_through_gate(gate, p) if relax_gate else gate.float()
         enc, value = self.model.encode(h, mask, g)
-        logp, entropy = self.model.teacher_forced(enc, actions, decoder_mask(mask), g, avail)
+        dmask = decoder_mask(mask if self.decoder_graph_grad else mask.detach())
+        logp, entropy = self.model.teacher_forced(enc, actions, dmask, g, avail)
         return logp, entropy, value, p

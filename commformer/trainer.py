@@ -52,7 +52,7 @@ def build_agent(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, device
     model = CommFormer(ModelShape(n_agents, obs_dim, n_actions, a.hidden, a.heads, a.layers, a.dropout, a.gate,
                                   a.gate_init_p))
     graph = CommGraph(n_agents, a.graph, a.sparsity, a.tau, seed=cfg.seed)
-    return Agent(model, graph).to(device)
+    return Agent(model, graph, a.decoder_graph_grad).to(device)
 
 
 def resumed_config(saved: Config, current: Config) -> Config:

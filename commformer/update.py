@@ -64,9 +64,9 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
         if first_ratio is None:
             first_ratio = float(pstats["ratio_max"])
         level = "graph" if upper else "network"
-        stats["loss/policy"].append(float(pl))
-        stats["loss/value"].append(float(vl))
-        stats["loss/entropy"].append(float(ent))
+        stats["loss/policy"].append(float(pl.detach()))
+        stats["loss/value"].append(float(vl.detach()))
+        stats["loss/entropy"].append(float(ent.detach()))
         stats[f"loss/grad_norm_{level}"].append(norm)
         stats["loss/approx_kl"].append(float(pstats["approx_kl"]))
         stats["loss/clip_fraction"].append(float(pstats["clip_fraction"]))

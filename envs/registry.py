@@ -18,6 +18,7 @@ from envs.core import VecEnv
 FAMILIES: dict[str, str] = {
     "predator_prey": "envs.predator_prey:PredatorPrey",
     "predator_capture_prey": "envs.predator_prey:PredatorCapturePrey",
+    "signal": "envs.signal:SignalGame",
     "pettingzoo": "envs.pettingzoo:PettingZooVecEnv",
     "smax": "envs.smax:SMAXVecEnv",
     "smacv2": "envs.smacv2:SMACv2VecEnv",
