@@ -133,6 +133,7 @@ class Config:
     resume: Optional[str] = None
     eval_every: int = 20
     eval_episodes: Optional[int] = None
+    eval_envs: Optional[int] = None
     checkpoint_every: int = 50
     run_dir: Optional[str] = None
 
@@ -144,6 +145,8 @@ class Config:
             _check(getattr(self, key) >= 1, f"{key}={getattr(self, key)}; must be >= 1")
         _check(self.eval_episodes is None or self.eval_episodes >= 1,
                f"eval_episodes={self.eval_episodes}; must be >= 1 (or null for the env's default)")
+        _check(self.eval_envs is None or self.eval_envs >= 1,
+               f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
         _check(self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
                f"device={self.device!r}; allowed: cpu, cuda, cuda:<index>, mps")
         a = self.algo
@@ -160,6 +163,17 @@ class Config:
     def batch_env_steps(self) -> int:
         """Env steps per iteration (num_envs * rollout_length)."""
         return self.num_envs * self.rollout_length
+
+    @property
+    def eval_episode_count(self) -> int:
+        """Episodes per evaluation: eval_episodes, else the env config's eval_episodes (32 if it has none)."""
+        return int(self.eval_episodes or self.env.get("eval_episodes", 32))
+
+    @property
+    def eval_env_count(self) -> int:
+        """Eval env copies: eval_envs, else the env config's eval_envs, else one per episode."""
+        return min(int(self.eval_envs or self.env.get("eval_envs") or self.eval_episode_count),
+                   self.eval_episode_count)
 
     @property
     def iterations(self) -> int:

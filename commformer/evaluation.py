@@ -11,33 +11,42 @@ from envs.core import VecEnv
 EVAL_SEED_OFFSET = 1_000_000
 
 
+def episodes_per_env(episodes: int, num_envs: int) -> int:
+    """m: each of the B eval envs runs its first m episodes, so B*m >= episodes (no bias to short episodes)."""
+    return -(-episodes // num_envs)
+
+
 @torch.no_grad()
 def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_how: str = "deterministic",
-             gate_how: str = "threshold") -> dict[str, float]:
-    """Run the first episode of each of the env's B copies; returns eval/return, eval/steps, eval/<task metric>
-    (means over the B episodes) and comm/eval_messages_per_step. Graph and gate choices per policy.GRAPH_CHOICES."""
+             gate_how: str = "threshold", episodes: int | None = None) -> dict[str, float]:
+    """Run the first m = ceil(episodes / B) episodes of each of the env's B copies (episodes defaults to B);
+    returns eval/return, eval/steps, eval/<task metric> (means over the B*m episodes), eval/episodes and
+    comm/eval_messages_per_step. Graph and gate choices per policy.GRAPH_CHOICES / GATE_CHOICES."""
     B = env.num_envs
+    m = episodes_per_env(episodes or B, B)
     step = env.reset(seed=seed).to(device)
-    got = torch.zeros(B, dtype=torch.bool, device=device)
-    results: dict[str, torch.Tensor] = {}
+    count = torch.zeros(B, dtype=torch.long, device=device)
+    sums: dict[str, torch.Tensor] = {}
     messages, msg_steps = 0.0, 0
-    limit = env.spec.episode_limit + 1
-    for _ in range(limit):
+    for _ in range(m * (env.spec.episode_limit + 1)):
         out = agent.act(step.obs, step.avail_actions, step.alive, graph_how, gate_how, None, deterministic=True)
-        live = ~got
+        live = count < m
         messages += float(messages_per_step(out.graph, step.alive, out.gate)[live].sum())
         msg_steps += int(live.sum())
         step = env.step(out.actions.to(env.device)).to(device)
-        new = step.done & ~got
+        new = step.done & live
         if bool(new.any()):
             for k, v in step.episode.items():
-                results.setdefault(k, torch.zeros(B, device=device))[new] = v[new].float().to(device)
-            got |= new
-        if bool(got.all()):
+                sums.setdefault(k, torch.zeros(B, device=device))
+                sums[k] += torch.where(new, v.float().to(device), 0.0)
+            count += new.long()
+        if bool((count >= m).all()):
             break
-    if not bool(got.all()):
-        raise RuntimeError(f"evaluation: {int((~got).sum())} of {B} episodes did not end within "
-                           f"episode_limit={env.spec.episode_limit} steps; the env breaks its contract")
-    out = {f"eval/{'steps' if k == 'length' else k}": float(v.mean()) for k, v in results.items()}
+    if not bool((count >= m).all()):
+        raise RuntimeError(f"evaluation: {int((count < m).sum())} of {B} envs did not finish {m} episode(s) within "
+                           f"episode_limit={env.spec.episode_limit} steps each; the env breaks its contract")
+    n = B * m
+    out = {f"eval/{'steps' if k == 'length' else k}": float(v.sum()) / n for k, v in sums.items()}
+    out["eval/episodes"] = float(n)
     out["comm/eval_messages_per_step"] = messages / max(msg_steps, 1)
     return out

@@ -35,8 +35,9 @@ def sample_gate(p: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def straight_through_gate(hard: Tensor, p: Tensor) -> Tensor:
-    """hard + p - stopgrad(p): the stored decision in value, p's gradient. hard [B,N] bool, p [B,N] -> f32."""
-    return hard.to(p.dtype) + p - p.detach()
+    """hard - stopgrad(p) + p: the stored decision in value (exactly: subtracting first keeps 1 - p + p == 1 in
+    floating point, where 1 + p - p may not be), p's gradient. hard [B,N] bool, p [B,N] -> f32."""
+    return hard.to(p.dtype) - p.detach() + p
 
 
 def gate_cost(p: Tensor, alive: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ forward pass equals the acting graph while the gradient reaches alpha. Evaluatio
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,18 @@ def off_diagonal(n: int, device: torch.device | str | None = None) -> Tensor:
     return ~torch.eye(n, dtype=torch.bool, device=device)
 
 
+def fill_diagonal(x: Tensor, value: float) -> Tensor:
+    """x [...,N,N] with its diagonal set to `value`, in place (x must be a fresh tensor); returns x."""
+    x.diagonal(dim1=-2, dim2=-1).fill_(value)
+    return x
+
+
+@lru_cache(maxsize=32)
+def _earlier(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """[N,N]: 1 where j < i (read-only, cached)."""
+    return torch.ones(n, n, device=device, dtype=dtype).tril(-1)
+
+
 def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Standard Gumbel(0, 1) noise of `shape` (f32), drawn from `generator`."""
     u = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1.0 - 1e-7)
@@ -39,21 +52,16 @@ def topk_hot(scores: Tensor, k: int) -> Tensor:
     """k-hot of the k largest scores per row among j != i.
 
     scores [..., N, N] f32 -> [..., N, N] bool, exactly k True per row, never on the diagonal."""
-    n = scores.shape[-1]
     hard = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if k == 0:
         return hard
-    masked = scores.masked_fill(~off_diagonal(n, scores.device), float("-inf"))
-    idx = masked.topk(k, dim=-1).indices
+    idx = fill_diagonal(scores.clone(), float("-inf")).topk(k, dim=-1).indices
     return hard.scatter_(-1, idx, True)
 
 
 def soft_scores(alpha: Tensor, noise: Tensor, tau: float) -> Tensor:
     """softmax((alpha + G) / tau) over j != i; alpha [N,N], noise [..., N, N] -> [..., N, N] (diagonal 0)."""
-    n = alpha.shape[-1]
-    logits = (alpha + noise) / tau
-    logits = logits.masked_fill(~off_diagonal(n, alpha.device), float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(fill_diagonal((alpha + noise) / tau, float("-inf")), dim=-1)
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
@@ -84,6 +92,7 @@ class CommGraph(nn.Module):
         else:
             fixed = torch.zeros(n_agents, n_agents, dtype=torch.bool)
         self.register_buffer("fixed", fixed, persistent=False)
+        self.register_buffer("complete", off_diagonal(n_agents), persistent=False)
 
     @property
     def learned(self) -> bool:
@@ -92,8 +101,7 @@ class CommGraph(nn.Module):
     def full(self, batch: int) -> tuple[Tensor, Tensor]:
         """The full graph for `batch` envs (warmup): hard [B,N,N] bool, noise [B,N,N] zeros."""
         n, dev = self.n_agents, self.fixed.device
-        hard = off_diagonal(n, dev).expand(batch, n, n).clone()
-        return hard, torch.zeros(batch, n, n, device=dev)
+        return self.complete.expand(batch, n, n).clone(), torch.zeros(batch, n, n, device=dev)
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The acting graphs of `batch` envs: hard [B,N,N] bool (k per row, no self), noise G [B,N,N] f32.
@@ -122,7 +130,7 @@ class CommGraph(nn.Module):
         n = self.n_agents
         if not self.learned or self.k >= n - 1:
             return torch.full((n,), float("nan"))
-        a = self.alpha.detach().masked_fill(~off_diagonal(n, self.alpha.device), float("-inf"))
+        a = fill_diagonal(self.alpha.detach().clone(), float("-inf"))
         top = a.topk(self.k + 1, dim=-1).values
         return (top[:, self.k - 1] - top[:, self.k]).cpu()
 
@@ -131,9 +139,7 @@ def receive_mask(adjacency: Tensor, alive: Tensor) -> Tensor:
     """M [B,N,N] f32 (receiver i, sender j): A_ij * alive_j off the diagonal, 1 on it (REFERENCE.md 2).
 
     adjacency [B,N,N] f32 (may carry alpha's gradient) | alive [B,N] bool."""
-    n = adjacency.shape[-1]
-    eye = torch.eye(n, device=adjacency.device, dtype=adjacency.dtype)
-    return adjacency * alive[:, None, :].to(adjacency.dtype) * (1.0 - eye) + eye
+    return fill_diagonal(adjacency * alive[:, None, :].to(adjacency.dtype), 1.0)
 
 
 def decoder_mask(mask: Tensor) -> Tensor:
@@ -142,8 +148,7 @@ def decoder_mask(mask: Tensor) -> Tensor:
     Position 0 holds the start token, position p >= 1 the action of agent p-1.
     D[i, 0] = 1; D[i, p] = M[i, p-1] if p-1 < i else 0: agent i sees earlier agents' actions it receives from."""
     n = mask.shape[-1]
-    earlier = torch.ones(n, n, device=mask.device, dtype=mask.dtype).tril(-1)  # [i, j] = 1 where j < i
-    seen = (mask * earlier)[..., : n - 1]
+    seen = (mask * _earlier(n, mask.device, mask.dtype))[..., : n - 1]
     start = torch.ones(mask.shape[:-1] + (1,), device=mask.device, dtype=mask.dtype)
     return torch.cat([start, seen], dim=-1)
 

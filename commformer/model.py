@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from commformer.attention import (EncoderLayer, RelationAttention, decoder_labels, encoder_labels, gelu_mlp,
-                                  stream_self_mask)
+from commformer.attention import EncoderLayer, RelationAttention, gelu_mlp
 from commformer.gates import TemporalGate
 
 NEG = -1e9  # logit of an unavailable action
@@ -62,9 +61,12 @@ class CommFormer(nn.Module):
         self.dec_mlp = gelu_mlp(h, h, h)
         self.head_w = nn.Parameter(torch.randn(n, h, a) * (0.01 / h ** 0.5))  # per-agent action heads
         self.head_b = nn.Parameter(torch.zeros(n, a))
-        self.register_buffer("enc_labels", encoder_labels(n), persistent=False)
-        self.register_buffer("dec_labels", decoder_labels(n), persistent=False)
-        self.register_buffer("stream_mask", stream_self_mask(n), persistent=False)
+        # edge label 0: the self-loop (encoder) and the start token (decoder); 1 elsewhere
+        self.register_buffer("enc_label0", torch.eye(n, dtype=torch.bool), persistent=False)
+        dec_label0 = torch.zeros(n, n, dtype=torch.bool)
+        dec_label0[:, 0] = True
+        self.register_buffer("dec_label0", dec_label0, persistent=False)
+        self.register_buffer("tokens", torch.eye(a + 1), persistent=False)
 
     # ---- encoder -------------------------------------------------------------------------------------------------
     def embed(self, obs: Tensor) -> Tensor:
@@ -78,39 +80,57 @@ class CommFormer(nn.Module):
     def encode(self, h: Tensor, mask: Tensor, gate: Tensor | None) -> tuple[Tensor, Tensor]:
         """h [B,N,H], M [B,N,N] f32, gate [B,N] f32 or None -> (enc [B,N,H], value [B,N])."""
         for layer in self.encoder:
-            h = layer(h, mask, self.enc_labels, gate)
+            h = layer(h, mask, self.enc_label0, gate)
         return h, self.value_head(h).squeeze(-1)
 
     # ---- decoder -------------------------------------------------------------------------------------------------
-    def stream(self, actions: Tensor) -> Tensor:
-        """The embedded action stream after its self-attention: actions [B,N] long (a_{N-1} unused) -> [B,N,H]."""
-        b, n = actions.shape
-        a = self.shape.n_actions
-        onehot = torch.zeros(b, n, a + 1, device=actions.device)
-        onehot[:, 0, a] = 1.0  # start token
-        if n > 1:
-            onehot[:, 1:].scatter_(-1, actions[:, :-1, None], 1.0)
-        x = self.action_embed(onehot)
-        mask = self.stream_mask.expand(b, n, n)
-        return self.dec_ln1(x + self.self_attn(x, x, mask, self.dec_labels))
+    def stream_table(self) -> Tensor:
+        """[A+1,H]: the action stream after its self-attention, per token. Row a < A: a position holding action a
+        (it attends to the start token and itself, D_self); row A: the start position (it attends to itself only).
+        The stream is a lookup in this table because D_self lets no position see another action."""
+        a_start = self.shape.n_actions
+        e = self.action_embed(self.tokens)  # [A+1,H]; token A is the start token
+        sa = self.self_attn
+        q = sa.split(sa.q(e))
+        k, v = sa.project_kv(e)  # [A+1,h,dh]
+        rq, rk = sa.relations()
+        s_start = ((q + rq[0]) * (k[a_start] + rk[0])).sum(-1) * sa.scale  # [A+1,h]
+        s_self = ((q + rq[1]) * (k + rk[1])).sum(-1) * sa.scale
+        w = sa.drop(torch.softmax(torch.stack([s_start, s_self], dim=-1), dim=-1))  # [A+1,h,2]
+        o = w[..., 0:1] * v[a_start] + w[..., 1:2] * v
+        is_start = torch.zeros(a_start + 1, 1, 1, dtype=torch.bool, device=e.device)
+        is_start[a_start] = True
+        o = torch.where(is_start, v[a_start], o)
+        return self.dec_ln1(e + sa.out(o.flatten(-2)))
 
-    def decode(self, enc: Tensor, x: Tensor, dmask: Tensor, gate: Tensor | None, rows: slice) -> Tensor:
-        """Action logits (unmasked) of agents `rows`.
+    def stream(self, actions: Tensor, table: Tensor) -> Tensor:
+        """The stream for teacher forcing: actions [B,N] long (a_{N-1} unused), table [A+1,H] -> [B,N,H]."""
+        start = torch.full_like(actions[:, :1], self.shape.n_actions)
+        return table[torch.cat([start, actions[:, :-1]], dim=1)]
 
-        enc [B,N,H] encoder output | x [B,N,H] stream | dmask D [B,N,N] f32 | gate [B,N] or None -> [B,R,A]."""
-        q = enc[:, rows]
-        y = self.cross_attn(q, x, dmask[:, rows], self.dec_labels[rows])
-        if gate is not None:
-            g = gate[:, rows, None]
-            y = g * y + (1.0 - g) * self.cross_attn.values(x[:, :1])
-        y = self.dec_ln2(q + y)
+    def head(self, y: Tensor, enc: Tensor, rows: slice) -> Tensor:
+        """The block's tail and the per-agent heads: y attention output [B,R,H], enc [B,R,H] -> logits [B,R,A]."""
+        y = self.dec_ln2(enc + y)
         out = self.dec_ln3(y + self.dec_mlp(y))
         return torch.einsum("brh,rha->bra", out, self.head_w[rows]) + self.head_b[rows]
+
+    def decode(self, enc: Tensor, x: Tensor, dmask: Tensor, gate: Tensor | None, closed: Tensor) -> Tensor:
+        """Teacher-forced action logits (unmasked) of all agents.
+
+        enc [B,N,H] | x [B,N,H] stream | dmask D [B,N,N] f32 | gate [B,N] or None | closed [H]: the cross-attention
+        output when only the start token is seen -> [B,N,A]."""
+        y = self.cross_attn(enc, x, dmask, self.dec_label0)
+        if gate is not None:
+            g = gate[..., None]
+            y = g * y + (1.0 - g) * closed
+        return self.head(y, enc, slice(None))
 
     def teacher_forced(self, enc: Tensor, actions: Tensor, dmask: Tensor, gate: Tensor | None,
                        avail: Tensor) -> tuple[Tensor, Tensor]:
         """All agents in one pass: actions [B,N] long, avail [B,N,A] bool -> (log_prob [B,N], entropy [B,N])."""
-        logits = masked_logits(self.decode(enc, self.stream(actions), dmask, gate, slice(None)), avail)
+        table = self.stream_table()
+        closed = self.cross_attn.values(table[self.shape.n_actions])
+        logits = masked_logits(self.decode(enc, self.stream(actions, table), dmask, gate, closed), avail)
         logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -118,13 +138,39 @@ class CommFormer(nn.Module):
 
     def autoregressive(self, enc: Tensor, dmask: Tensor, gate: Tensor | None, avail: Tensor,
                        generator: torch.Generator | None, deterministic: bool) -> tuple[Tensor, Tensor]:
-        """Decode agents 0..N-1 in turn, each step batched over B -> (actions [B,N] long, log_prob [B,N])."""
+        """Decode agents 0..N-1 in turn, each step batched over B -> (actions [B,N] long, log_prob [B,N]).
+
+        Same function as teacher_forced, computed incrementally: the stream comes from stream_table(), keys and
+        values are projected once per token, and agent i scores only the positions 0..i it may see."""
         b, n = avail.shape[:2]
+        a_start = self.shape.n_actions
+        ca = self.cross_attn
+        table = self.stream_table()
+        k_tab, v_tab = ca.project_kv(table)  # [A+1,h,dh]
+        rq, rk = ca.relations()
+        q = ca.split(ca.q(enc))  # [B,N,h,dh]
+        s_start = ((q + rq[0]) * (k_tab[a_start] + rk[0])).sum(-1) * ca.scale  # [B,N,h]
+        q1 = q + rq[1]
+        k1_tab = k_tab + rk[1]
+        v_start = v_tab[a_start]  # [h,dh]
+        closed = ca.out(v_start.flatten())  # [H]
         actions = torch.zeros(b, n, dtype=torch.long, device=avail.device)
         logps = torch.zeros(b, n, device=avail.device)
         for i in range(n):
-            x = self.stream(actions)
-            logits = masked_logits(self.decode(enc, x, dmask, gate, slice(i, i + 1))[:, 0], avail[:, i])
+            if i == 0:
+                y = closed.expand(b, 1, -1)
+            else:
+                prev = actions[:, :i]
+                s_prev = torch.einsum("bhd,bjhd->bhj", q1[:, i], k1_tab[prev]) * ca.scale  # [B,h,i]
+                logits = torch.cat([s_start[:, i, :, None], s_prev], dim=-1)  # [B,h,1+i]
+                d = dmask[:, i, None, : i + 1]  # [B,1,1+i]
+                w = torch.softmax(logits.masked_fill(d == 0, float("-inf")), dim=-1) * d
+                o = w[..., :1] * v_start + torch.einsum("bhj,bjhd->bhd", w[..., 1:], v_tab[prev])
+                y = ca.out(o.flatten(-2))[:, None]
+            if gate is not None:
+                g = gate[:, i, None, None]
+                y = g * y + (1.0 - g) * closed
+            logits = masked_logits(self.head(y, enc[:, i: i + 1], slice(i, i + 1))[:, 0], avail[:, i])
             a = logits.argmax(-1) if deterministic else sample_categorical(logits, generator)
             actions[:, i] = a
             logps[:, i] = torch.log_softmax(logits, -1).gather(-1, a[:, None]).squeeze(-1)

@@ -5,7 +5,6 @@ The config is the only switch: envs come from envs.registry.make_env(cfg.env), b
 from __future__ import annotations
 
 import logging
-import math
 import subprocess
 import time
 from dataclasses import replace
@@ -76,8 +75,7 @@ class Trainer:
             raise ValueError(f"device={cfg.device!r}: CUDA is not available here; allowed: cpu")
         self.device = torch.device(cfg.device)
         self.env = make_env(cfg.env, cfg.num_envs, self.device)
-        n_eval = cfg.eval_episodes or int(cfg.env.get("eval_episodes", 32))
-        self.eval_env = make_env(cfg.env, n_eval, self.device)
+        self.eval_env = make_env(cfg.env, cfg.eval_env_count, self.device)
         spec = self.env.spec
         self.agent = build_agent(cfg, spec.n_agents, spec.obs_dim, spec.n_actions, self.device)
         self.opt = Optimisers.build(self.agent, cfg.algo)
@@ -147,7 +145,8 @@ class Trainer:
         ph = phase(max(self.iteration - 1, 0), self.cfg.iterations, self.cfg.algo)
         graph_how = "full" if ph == "warmup" else "deterministic"
         gate_how = "open" if ph == "warmup" else "threshold"
-        out = evaluate(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device, graph_how, gate_how)
+        out = evaluate(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device, graph_how, gate_how,
+                       episodes=self.cfg.eval_episode_count)
         self.agent.train()
         return out
 
@@ -225,6 +224,3 @@ class Trainer:
             if close is not None:
                 close()
 
-
-def finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

@@ -25,7 +25,7 @@ FAMILIES: dict[str, str] = {
 }
 
 # Keys of an env config that are not constructor arguments.
-META_KEYS = ("name", "family", "eval_episodes")
+META_KEYS = ("name", "family", "eval_episodes", "eval_envs")
 
 
 def env_class(family: str) -> type:

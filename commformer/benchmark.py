@@ -1,0 +1,146 @@
+"""Throughput benchmarks: env-only (random available actions) and end-to-end training (rollout / update split).
+
+`python scripts/benchmark.py [--suite env|train|all] [--quick] [--out table.md]` prints markdown tables.
+Numbers are env steps (or agent-steps) per second with torch pinned to --threads threads (default 1).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from envs.registry import make_env
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def env_config(name: str, **over: Any) -> dict[str, Any]:
+    cfg = yaml.safe_load((CONF / "env" / f"{name}.yaml").read_text())
+    cfg.update(over)
+    return cfg
+
+
+def random_available(avail: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random available action per agent: avail [B,N,A] bool -> [B,N] long."""
+    u = torch.rand(avail.shape, generator=generator, device=avail.device)
+    return torch.where(avail, u, -1.0).argmax(-1)
+
+
+def env_throughput(cfg: dict[str, Any], num_envs: int, steps: int, device: str = "cpu") -> dict[str, float]:
+    """Env-only speed with random available actions (action sampling included in the timing)."""
+    env = make_env(cfg, num_envs, device)
+    try:
+        g = torch.Generator(env.device).manual_seed(0)
+        step = env.reset(seed=0)
+        for _ in range(3):  # warm up (compilation, worker start)
+            step = env.step(random_available(step.avail_actions, g))
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step = env.step(random_available(step.avail_actions, g))
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        n = env.spec.n_agents
+    finally:
+        env.close()
+    return {"env_steps_per_s": num_envs * steps / dt, "agent_steps_per_s": num_envs * steps * n / dt}
+
+
+def train_throughput(overrides: list[str], iterations: int) -> dict[str, float]:
+    """End-to-end training speed of the config composed from conf/ with `overrides` (after one warm-up iteration)."""
+    from hydra import compose, initialize_config_dir
+
+    from commformer.config import load_config
+    from commformer.trainer import Trainer
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides + ["logger=quiet"])
+    config = load_config(cfg)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, tmp)
+        try:
+            trainer.iterate()
+            rollout = update = 0.0
+            for _ in range(iterations):
+                row = trainer.iterate()
+                rollout += row["perf/rollout_s"]
+                update += row["perf/update_s"]
+        finally:
+            trainer.logger.close()
+            trainer.close()
+    steps = config.batch_env_steps * iterations
+    return {"env_steps_per_s": steps / (rollout + update), "rollout_env_steps_per_s": steps / rollout,
+            "update_s_per_iter": update / iterations, "rollout_s_per_iter": rollout / iterations}
+
+
+ENV_ROWS = [  # (label, config name, overrides, B values)
+    ("Predator-Prey 5x5, 3 predators", "pp", {}, (1, 64, 1024, 4096)),
+    ("Predator-Prey 10x10, 5 predators", "pp_medium", {}, (64, 1024, 4096)),
+    ("Predator-Capture-Prey 5x5", "pcp", {}, (64, 1024, 4096)),
+]
+
+RELEASED_PP = ["ppo_epochs=10", "algo.clip=0.05", "algo.hidden=64", "algo.layers=1", "algo.heads=1"]
+TRAIN_ROWS = [  # (label, overrides)
+    ("default run (pp, B=32, T=40, 10 epochs)", []),
+    ("released PP settings (B=8, T=200, 10 epochs, clip 0.05)", ["num_envs=8", "rollout_length=200"] + RELEASED_PP),
+    ("rollout-heavy (B=256, T=20)", ["num_envs=256", "rollout_length=20"]),
+]
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def run_env_suite(quick: bool, device: str) -> str:
+    rows = []
+    for label, name, over, sizes in ENV_ROWS:
+        for b in sizes:
+            steps = 50 if quick else max(200, min(5000, 400_000 // b))
+            r = env_throughput(env_config(name, **over), b, steps, device)
+            rows.append([label, str(b), f"{r['env_steps_per_s']:,.0f}", f"{r['agent_steps_per_s']:,.0f}"])
+    return md_table(["env", "B", "env-steps/s", "agent-steps/s"], rows)
+
+
+def run_train_suite(quick: bool, device: str) -> str:
+    rows = []
+    for label, over in TRAIN_ROWS:
+        r = train_throughput(over + [f"device={device}"], 1 if quick else 3)
+        rows.append([label, f"{r['env_steps_per_s']:,.0f}", f"{r['rollout_env_steps_per_s']:,.0f}",
+                     f"{r['rollout_s_per_iter']:.3f}", f"{r['update_s_per_iter']:.3f}"])
+    return md_table(["training config", "env-steps/s (end to end)", "rollout env-steps/s", "rollout s/iter",
+                     "update s/iter"], rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("env", "train", "all"), default="all")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="few steps (a smoke check, not a measurement)")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    parts = [f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
+             f"{os.cpu_count()} CPUs"]
+    if args.suite in ("env", "all"):
+        parts.append(run_env_suite(args.quick, args.device))
+    if args.suite in ("train", "all"):
+        parts.append(run_train_suite(args.quick, args.device))
+    text = "\n\n".join(parts) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    import sys
+
+    sys.stdout.write(text)

@@ -1,0 +1,474 @@
+"""Batched Predator-Prey and Predator-Capture-Prey on torch tensors (REFERENCE.md 6), CPU or CUDA.
+
+The grid tasks of IC3Net (Singh et al., ICLR 2019) and MAGIC (Niu et al., AAMAS 2021) as used by CommFormer:
+a dim x dim grid, one prey that never moves, predators that see a (2v+1) x (2v+1) window around themselves and must
+all reach the prey. Predator-Capture-Prey adds blind capture agents that must reach the prey and "capture" it.
+
+Shape letters: B envs, N agents, O obs width, S state width (N*O), A actions, D = dim*dim cells, W = (2v+1)^2
+window cells. Positions are kept as cell ids (row*dim + col).
+
+Rules (REFERENCE.md 6):
+- Actions: 0 up (row-1), 1 right (col+1), 2 down (row+1), 3 left (col-1), 4 stay; a move into a wall stays.
+  Predator-Capture-Prey adds 5 capture: available to a capture agent while it is not done, never to a predator; it
+  succeeds only on the prey's cell. Agents may share cells.
+- An agent is done once a predator stands on the prey's cell after its move, or a capture agent has captured.
+  A done agent stays alive but is frozen: inactive, only "stay" available, reward 0 from then on.
+- Reward after the move: -0.05 for each agent not done, 0 for a done one.
+- The episode terminates (success) when every agent is done and is truncated after episode_limit steps; success on
+  the last step counts as terminated (truncated False).
+- Spawn: every agent and the prey on distinct cells, drawn uniformly; the prey never moves.
+- Predator observation: the W window cells row-major from the top-left, each a vector of D + 4 values:
+  one-hot of the cell id for cells inside the grid; index D = number of capture agents in the cell (always 0 in
+  Predator-Prey); index D+1 = 1 for cells outside the grid (nothing else set there); index D+2 = number of prey;
+  index D+3 = number of predators, the observer included. Capture agents are NOT counted in index D+3 (ours: each
+  class has its own index, so a predator can tell a capture agent from another predator).
+  Capture agent observation: the one-hot of its own cell id, padded with zeros to O.
+- Global state: the concatenated observations [B, N*O] (a view of obs).
+
+Unavailable actions act as "stay" (a done agent's action and a predator's capture are ignored). Actions outside
+[0, A) raise ValueError on CPU (an asynchronous device assert on CUDA).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import gymnasium
+import torch
+from torch import Tensor
+
+from envs.core import EnvSpec, Step, VecEnv, check_actions
+
+UP, RIGHT, DOWN, LEFT, STAY, CAPTURE = 0, 1, 2, 3, 4, 5
+MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1), (0, 0))  # (d_row, d_col) of actions 0..4
+STEP_PENALTY = -0.05
+
+# Offsets inside one window cell's vector of D + 4 values, counted from D.
+CAPTURE_INDEX, OUTSIDE_INDEX, PREY_INDEX, PREDATOR_INDEX = 0, 1, 2, 3
+
+# Largest table of distinct spawn tuples kept on the device (rows); bigger grids draw spawns with top-k instead.
+SPAWN_TABLE_MAX_ROWS = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------- lookup tables
+
+
+def move_table(dim: int, n_actions: int) -> Tensor:
+    """[D, A] long: the cell reached from each cell by each action; walls, stay and capture keep the cell."""
+    row, col = torch.arange(dim * dim).div(dim, rounding_mode="floor"), torch.arange(dim * dim) % dim
+    table = torch.arange(dim * dim)[:, None].repeat(1, n_actions)
+    for a, (dr, dc) in enumerate(MOVES):
+        r, c = (row + dr).clamp(0, dim - 1), (col + dc).clamp(0, dim - 1)
+        table[:, a] = r * dim + c
+    return table
+
+
+def window_table(dim: int, vision: int) -> Tensor:
+    """[D, W*(D+4)] f32: the view of a lone predator at each centre cell: cell-id one-hots, out-of-grid flags and
+    the observer itself (predator count 1 at the centre cell)."""
+    side, n_cells = 2 * vision + 1, dim * dim
+    width = n_cells + 4
+    table = torch.zeros(n_cells, side * side, width)
+    for centre in range(n_cells):
+        r0, c0 = divmod(centre, dim)
+        for w in range(side * side):
+            r, c = r0 + w // side - vision, c0 + w % side - vision
+            if 0 <= r < dim and 0 <= c < dim:
+                table[centre, w, r * dim + c] = 1.0
+            else:
+                table[centre, w, n_cells + OUTSIDE_INDEX] = 1.0
+        table[centre, (side * side) // 2, n_cells + PREDATOR_INDEX] = 1.0
+    return table.reshape(n_cells, side * side * width)
+
+
+def pair_offsets(dim: int, vision: int, outside: int) -> Tensor:
+    """[D*D] long, at i*D + j: w*(D+4) for the window cell w that holds cell j in the window centred on cell i,
+    and `outside` when j is not in that window."""
+    side, n_cells = 2 * vision + 1, dim * dim
+    idx = torch.arange(n_cells)
+    row, col = idx.div(dim, rounding_mode="floor"), idx % dim
+    dr = row[None, :] - row[:, None] + vision  # [D,D]: j's row inside i's window
+    dc = col[None, :] - col[:, None] + vision
+    inside = (dr >= 0) & (dr < side) & (dc >= 0) & (dc < side)
+    return torch.where(inside, (dr * side + dc) * (n_cells + 4), outside).reshape(-1)
+
+
+def distinct_tuples(n_cells: int, k: int) -> Tensor:
+    """[n_cells!/(n_cells-k)!, k] int32: every ordered tuple of k distinct cells."""
+    rows = torch.arange(n_cells)[:, None]
+    for _ in range(k - 1):
+        cand = torch.arange(n_cells)
+        grown = torch.cat([rows[:, None, :].expand(-1, n_cells, -1),
+                           cand[None, :, None].expand(rows.shape[0], -1, 1)], dim=2)
+        fresh = (rows[:, None, :] != cand[None, :, None]).all(dim=2)
+        rows = grown[fresh]
+    return rows.to(torch.int32)
+
+
+def n_distinct_tuples(n_cells: int, k: int) -> int:
+    """n_cells! / (n_cells - k)!."""
+    return math.perm(n_cells, k)
+
+
+def cells_to_pos(cells: Tensor, dim: int) -> Tensor:
+    """cell ids [...] long -> (row, col) [..., 2] long."""
+    return torch.stack([cells.div(dim, rounding_mode="floor"), cells % dim], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------- output buffers
+
+
+def _storage_users(t: Tensor) -> int | None:
+    """How many tensors share t's storage (None where this torch build does not tell)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else int(count(t.untyped_storage()._cdata))
+
+
+class RecycledBuffers:
+    """Fresh-looking output tensors of one shape that reuse memory nobody holds any more.
+
+    On CPU a fresh multi-megabyte tensor is new memory from the OS, and touching it page-faults: at B=4096 that
+    halved the env's throughput. get() hands back a kept buffer once no tensor outside this pool (a Step field, a
+    view of one, a slice) uses its storage, else a new one; a Step the caller still holds is never overwritten.
+    Where torch does not expose the storage use count, every call allocates.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, keep: int = 6):
+        self.shape, self.device, self.keep = shape, device, keep
+        self._kept: list[tuple[Tensor, int]] = []  # (buffer, its use count while only the pool holds it)
+
+    def get(self) -> Tensor:
+        """A tensor of `shape` (uninitialised); a new view, so holding it keeps its memory out of the pool."""
+        for buf, idle in self._kept:
+            if _storage_users(buf) == idle:
+                return buf.view(self.shape)
+        buf = torch.empty(self.shape, device=self.device)
+        idle = _storage_users(buf)
+        if idle is not None and len(self._kept) < self.keep:
+            self._kept.append((buf, idle))
+        return buf.view(self.shape)
+
+
+# ----------------------------------------------------------------------------------------------- the envs
+
+
+def _check_int(key: str, value: object, low: int) -> int:
+    """`value` as an int >= low, else ValueError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key}={value!r}; must be an integer >= {low}")
+    if value < low:
+        raise ValueError(f"{key}={value}; must be >= {low}")
+    return value
+
+
+class _GridPursuit:
+    """Shared engine of PredatorPrey and PredatorCapturePrey: n_predators seeing predators, then n_capture blind
+    capture agents (agent order), one static prey. See the module docstring for the rules."""
+
+    def __init__(self, num_envs: int, device: torch.device | str, dim: int, n_predators: int, n_capture: int,
+                 vision: int, episode_limit: int, n_actions: int):
+        self.num_envs = _check_int("num_envs", num_envs, 1)
+        self.device = torch.device(device)
+        self.dim = _check_int("env.dim", dim, 1)
+        self.n_predators = _check_int("env.n_predators", n_predators, 1)
+        self.n_capture = n_capture
+        self.vision = _check_int("env.vision", vision, 0)
+        self.episode_limit = _check_int("env.episode_limit", episode_limit, 1)
+        n_agents = n_predators + n_capture
+        if dim * dim < n_agents + 1:
+            raise ValueError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
+                             f"that {n_agents} agents and the prey need")
+        n_cells, side = dim * dim, 2 * vision + 1
+        self.n_cells, self.window_cells = n_cells, side * side
+        self.cell_width = n_cells + 4
+        obs_dim = self.window_cells * self.cell_width
+        names = tuple(f"predator_{i}" for i in range(n_predators)) + tuple(f"capture_{i}" for i in range(n_capture))
+        obs_high = float(max(n_predators, n_capture, 1))
+        obs_spaces = {n: gymnasium.spaces.Box(0.0, obs_high, (obs_dim,), dtype="float32") for n in names[:n_predators]}
+        obs_spaces |= {n: gymnasium.spaces.Box(0.0, 1.0, (n_cells,), dtype="float32") for n in names[n_predators:]}
+        self.spec = EnvSpec(
+            n_agents=n_agents, obs_dim=obs_dim, state_dim=n_agents * obs_dim, n_actions=n_actions,
+            episode_limit=episode_limit, agent_names=names, observation_spaces=obs_spaces,
+            action_spaces={n: gymnasium.spaces.Discrete(n_actions) for n in names}, task_metrics=("success",),
+        )
+        self._build_tables()
+        self._generator: torch.Generator | None = None
+        B, N = self.num_envs, n_agents
+        # cell ids [B,N+1] of the entities: the N agents, then the prey
+        self._cells = torch.zeros(B, N + 1, dtype=torch.long, device=self.device)
+        # actions [B,N+1] of the entities; the prey's column is always "stay"
+        self._moves = torch.full((B, N + 1), STAY, dtype=torch.long, device=self.device)
+        self._done = torch.zeros(B, N, dtype=torch.bool, device=self.device)
+        self._t = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._return = torch.zeros(B, dtype=torch.float32, device=self.device)
+        # CUDA's caching allocator already reuses memory; the pool is for CPU.
+        self._obs_buffers = RecycledBuffers((B * N * obs_dim + 1,), self.device) if self.device.type == "cpu" else None
+
+    def _build_tables(self) -> None:
+        """Precompute every lookup the step uses, on the env's device."""
+        dev, D, Np, N, A = self.device, self.n_cells, self.n_predators, self.spec.n_agents, self.spec.n_actions
+        self._move = move_table(self.dim, A).to(dev)
+        capture_rows = torch.zeros(D, self.spec.obs_dim)
+        capture_rows[:, :D] = torch.eye(D)
+        # rows 0..D-1: a predator's empty window; rows D..2D-1: a capture agent's own-cell one-hot.
+        self._obs_table = torch.cat([window_table(self.dim, self.vision), capture_rows]).to(dev)
+        self._row_offset = torch.tensor([0] * Np + [D] * self.n_capture, device=dev)  # [N]
+        # What a predator's view counts besides itself: the other agents and the prey (entity N), each at its
+        # own index; others [Np,N]: the entities predator i counts.
+        channel = torch.tensor([D + PREDATOR_INDEX] * Np + [D + CAPTURE_INDEX] * self.n_capture + [D + PREY_INDEX])
+        others = torch.tensor([[j for j in range(N + 1) if j != i] for i in range(Np)])
+        self._others = others.view(-1).to(dev)
+        # Flat index in the obs buffer of the value entity others[i,j] increments in env b, predator i's view,
+        # before adding the window offset: (b*N + i)*O + channel -> [B,Np,N]. The buffer has one spare value at
+        # the end (the "trash" slot, never read) that collects the entities outside a window.
+        B, O = self.num_envs, self.spec.obs_dim
+        self._trash = B * N * O
+        obs_base = (torch.arange(B)[:, None] * N + torch.arange(Np)) * O  # [B,Np]
+        self._entity_base = (obs_base[:, :, None] + channel[others]).to(dev)
+        self._pair_offset = pair_offsets(self.dim, self.vision, outside=self._trash).to(dev)
+        self._ones = torch.ones(B * Np * N, device=dev)
+        self._is_predator = (torch.arange(N, device=dev) < Np)[None, :]  # [1,N]
+        # available actions by (agent class, done): rows 0 predator, 1 predator done, 2 capture, 3 capture done
+        avail = torch.zeros(4, A, dtype=torch.bool)
+        avail[0, :5] = True
+        avail[[1, 3], STAY] = True
+        avail[2, :] = True
+        self._avail_table = avail.to(dev)
+        self._avail_class = torch.tensor([0] * Np + [2] * self.n_capture, device=dev)  # [N]
+        if n_distinct_tuples(D, N + 1) <= SPAWN_TABLE_MAX_ROWS:
+            self._spawn_table: Tensor | None = distinct_tuples(D, N + 1).to(dev)
+        else:
+            self._spawn_table = None
+
+    # ------------------------------------------------------------------ pure-ish tensor helpers (no state change)
+
+    def _spawn(self) -> Tensor:
+        """Fresh spawns for all B envs: entity cells [B,N+1] long (agents, then the prey), distinct, uniform."""
+        B, D, N = self.num_envs, self.n_cells, self.spec.n_agents
+        if self._spawn_table is not None:
+            pick = torch.randint(self._spawn_table.shape[0], (B,), generator=self._generator, device=self.device)
+            return self._spawn_table.index_select(0, pick).long()
+        keys = torch.rand(B, D, generator=self._generator, device=self.device)
+        return keys.topk(N + 1, dim=1).indices
+
+    def _observe(self, cells: Tensor) -> Tensor:
+        """Observations [B,N,O] f32 of entities at `cells` [B,N+1] long (agents, then the prey)."""
+        B, N, O, Np = self.num_envs, self.spec.n_agents, self.spec.obs_dim, self.n_predators
+        buf = self._obs_buffers.get() if self._obs_buffers else torch.empty(B * N * O + 1, device=self.device)
+        obs = buf[:-1].view(B * N, O)
+        torch.index_select(self._obs_table, 0, (cells[:, :N] + self._row_offset).view(-1), out=obs)
+        # Count the other agents and the prey inside each predator's window: one index per (predator, entity).
+        entity = cells.index_select(1, self._others).view(B, Np, N)
+        pair = (cells[:, :Np, None] * self.n_cells + entity).view(-1)  # [B*Np*N]
+        target = (self._pair_offset.index_select(0, pair).view(B, Np, N) + self._entity_base).clamp_(max=self._trash)
+        buf.scatter_add_(0, target.view(-1), self._ones)
+        return obs.view(B, N, O)
+
+    def _avail(self, done: Tensor) -> Tensor:
+        """[B,N,A] bool from the agents' done flags [B,N]."""
+        B, N, A = self.num_envs, self.spec.n_agents, self.spec.n_actions
+        return self._avail_table.index_select(0, (self._avail_class + done.long()).view(-1)).view(B, N, A)
+
+    def _make_step(self, obs: Tensor, reward: Tensor, terminated: Tensor, truncated: Tensor, final_obs: Tensor,
+                   episode: dict[str, Tensor]) -> Step:
+        B, N = self.num_envs, self.spec.n_agents
+        alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
+        return Step(
+            obs=obs, state=obs.view(B, -1), avail_actions=self._avail(self._done), reward=reward,
+            terminated=terminated, truncated=truncated, alive=alive, active=~self._done,
+            final_obs=final_obs, final_state=final_obs.view(B, -1), final_alive=alive.clone(), episode=episode,
+        )
+
+    def _current_step(self) -> Step:
+        """A Step of the current state with zero reward and no episode ending (after reset / place)."""
+        B, N, dev = self.num_envs, self.spec.n_agents, self.device
+        no = torch.zeros(B, dtype=torch.bool, device=dev)
+        episode = {"return": self._return.clone(), "length": self._t.float(), "success": no.float()}
+        obs = self._observe(self._cells)
+        return self._make_step(obs, torch.zeros(B, N, device=dev), no, no.clone(), obs, episode)
+
+    # ------------------------------------------------------------------ the VecEnv interface
+
+    def reset(self, seed: int | None = None) -> Step:
+        """Start a new episode in all B envs. `seed` re-creates the env's generator (a torch.Generator on the env's
+        device); None continues it (or, before any seed, starts one from a nondeterministic seed)."""
+        if seed is not None or self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+            if seed is None:
+                self._generator.seed()
+            else:
+                self._generator.manual_seed(int(seed))
+        self._cells = self._spawn()
+        self._done = torch.zeros_like(self._done)
+        self._t = torch.zeros_like(self._t)
+        self._return = torch.zeros_like(self._return)
+        return self._current_step()
+
+    def step(self, actions: Tensor) -> Step:
+        """Advance all B envs by one step; actions [B,N] integer in [0, A). Finished envs restart inside (see
+        envs.core). episode["return" | "length" | "success"] [B] f32 hold the finished episodes' statistics where
+        terminated | truncated, and the running episodes' return and length so far (success 0) elsewhere."""
+        if self._generator is None:
+            raise RuntimeError("step() before reset(): call reset(seed) first")
+        check_actions(actions, self.num_envs, self.spec.n_agents)
+        actions = actions.to(self.device, torch.long)
+        self._check_range(actions)
+        N = self.spec.n_agents
+        moves = self._moves  # [B,N+1]; the prey's column is "stay"
+        moves[:, :N] = actions
+        moves[:, :N].masked_fill_(self._done, STAY)  # done agents stay
+        flat = (self._cells * self.spec.n_actions + moves).view(-1)
+        cells = self._move.view(-1).index_select(0, flat).view(self.num_envs, N + 1)  # [B,N+1] after the move
+        on_prey = cells[:, :N] == cells[:, N:]
+        done = self._done | (on_prey & (self._is_predator | (moves[:, :N] == CAPTURE)))
+        reward = torch.where(done, 0.0, STEP_PENALTY)
+        t = self._t + 1
+        ret = self._return + reward.mean(dim=1)
+        terminated = done.all(dim=1)
+        truncated = (t >= self.episode_limit) & ~terminated
+        finished = terminated | truncated
+        final_obs = self._observe(cells)
+        episode = {"return": ret, "length": t.float(), "success": terminated.float()}
+
+        self._cells = torch.where(finished[:, None], self._spawn(), cells)
+        self._done = done & ~finished[:, None]
+        self._t = torch.where(finished, 0, t)
+        self._return = torch.where(finished, 0.0, ret)
+        obs = self._observe(self._cells)
+        return self._make_step(obs, reward, terminated, truncated, final_obs, episode)
+
+    def _check_range(self, actions: Tensor) -> None:
+        """Actions must lie in [0, A): ValueError on CPU; an asynchronous assert elsewhere (no host sync)."""
+        lo, hi = actions.aminmax()
+        ok = (lo >= 0) & (hi < self.spec.n_actions)
+        if self.device.type == "cpu":
+            if not bool(ok):
+                raise ValueError(f"step(): actions range over [{int(lo)}, {int(hi)}]; "
+                                 f"must be in [0, {self.spec.n_actions - 1}]")
+        else:
+            torch._assert_async(ok, f"step(): actions must be in [0, {self.spec.n_actions - 1}]")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # ------------------------------------------------------------------ inspection and hand-set states (tests)
+
+    @property
+    def predator_pos(self) -> Tensor:
+        """[B,Np,2] long: (row, col) of each predator."""
+        return cells_to_pos(self._cells[:, : self.n_predators], self.dim)
+
+    @property
+    def prey_pos(self) -> Tensor:
+        """[B,2] long: (row, col) of the prey."""
+        return cells_to_pos(self._cells[:, -1], self.dim)
+
+    @property
+    def agent_done(self) -> Tensor:
+        """[B,N] bool: predators on the prey and capture agents that have captured."""
+        return self._done.clone()
+
+    @property
+    def elapsed(self) -> Tensor:
+        """[B] long: steps taken in the running episodes."""
+        return self._t.clone()
+
+    def _as_cells(self, key: str, pos: Tensor | Sequence, count: int | None) -> Tensor:
+        """Positions (row, col) given as [B,count,2] / [count,2] (or [B,2] / [2] when count is None) -> cell ids."""
+        p = torch.as_tensor(pos, dtype=torch.long, device=self.device)
+        want = (count, 2) if count is not None else (2,)
+        if tuple(p.shape) == want:
+            p = p.expand(self.num_envs, *want)
+        if tuple(p.shape) != (self.num_envs, *want):
+            raise ValueError(f"place(): {key} must be {list(want)} or [B={self.num_envs}, {', '.join(map(str, want))}]"
+                             f" (row, col), got {list(p.shape)}")
+        if bool(((p < 0) | (p >= self.dim)).any()):
+            raise ValueError(f"place(): {key}={p.tolist()}; rows and columns must be in [0, {self.dim - 1}]")
+        return p[..., 0] * self.dim + p[..., 1]
+
+    def _place(self, predators: Tensor | Sequence, prey: Tensor | Sequence,
+               capture: Tensor | Sequence | None) -> Step:
+        pred_cells = self._as_cells("predators", predators, self.n_predators)
+        prey_cell = self._as_cells("prey", prey, None)
+        if self._generator is None:
+            self.reset()
+        cells = [pred_cells]
+        if self.n_capture:
+            cells.append(self._cells[:, self.n_predators:-1] if capture is None
+                         else self._as_cells("capture", capture, self.n_capture))
+        cells.append(prey_cell[:, None])
+        self._cells = torch.cat(cells, dim=1)
+        self._done = (self._cells[:, :-1] == prey_cell[:, None]) & self._is_predator
+        return self._current_step()
+
+
+class PredatorPrey(_GridPursuit):
+    """Predator-Prey: `n_predators` predators on a `dim` x `dim` grid with vision `vision` must all reach one static
+    prey within `episode_limit` steps. N = n_predators, A = 5, O = (2v+1)^2 * (dim^2 + 4)."""
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dim: int = 5, n_predators: int = 3,
+                 vision: int = 1, episode_limit: int = 20):
+        super().__init__(num_envs, device, dim, n_predators, 0, vision, episode_limit, n_actions=5)
+
+    def place(self, predators: Tensor | Sequence, prey: Tensor | Sequence) -> Step:
+        """Put the predators at `predators` ([B,N,2] or [N,2], (row, col)) and the prey at `prey` ([B,2] or [2]);
+        predators on the prey become done, others active; the step counter and the return so far are kept.
+        Returns the Step (reward 0) of the placed state."""
+        return self._place(predators, prey, None)
+
+
+class PredatorCapturePrey(_GridPursuit):
+    """Predator-Capture-Prey: `n_predators` seeing predators (agents 0..Np-1) and `n_capture` blind capture agents
+    (the last agents) with a 6th action, capture. A = 6."""
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", dim: int = 5, n_predators: int = 2,
+                 n_capture: int = 1, vision: int = 1, episode_limit: int = 20):
+        super().__init__(num_envs, device, dim, n_predators, _check_int("env.n_capture", n_capture, 1), vision,
+                         episode_limit, n_actions=6)
+
+    @property
+    def capture_pos(self) -> Tensor:
+        """[B,Nc,2] long: (row, col) of each capture agent."""
+        return cells_to_pos(self._cells[:, self.n_predators:-1], self.dim)
+
+    def place(self, predators: Tensor | Sequence, prey: Tensor | Sequence,
+              capture: Tensor | Sequence | None = None) -> Step:
+        """As PredatorPrey.place; `capture` ([B,Nc,2] or [Nc,2]) moves the capture agents (None keeps them), and
+        every capture agent becomes active (not captured)."""
+        return self._place(predators, prey, capture)
+
+
+# ----------------------------------------------------------------------------------------------- throughput
+
+
+def random_available(avail: Tensor, generator: torch.Generator) -> Tensor:
+    """[B,N] long: one action per agent drawn uniformly among its available ones (avail [B,N,A] bool)."""
+    keys = torch.rand(avail.shape, generator=generator, device=avail.device)
+    return torch.where(avail, keys + 1.0, 0.0).argmax(dim=-1)
+
+
+def measure_throughput(env: VecEnv, steps: int = 200, warmup: int = 20, seed: int = 0) -> dict[str, float]:
+    """Agent-steps per second of `env` under random available actions.
+
+    Returns {"env_step": agent-steps/s counting only env.step, "with_sampling": counting the action sampling
+    too}. Set torch's thread count before calling (the reference numbers use torch.set_num_threads(1)).
+    """
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    out = env.reset(seed=seed)
+    for _ in range(warmup):
+        out = env.step(random_available(out.avail_actions, gen))
+    in_step = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        actions = random_available(out.avail_actions, gen)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        t0 = time.perf_counter()
+        out = env.step(actions)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        in_step += time.perf_counter() - t0
+    total = time.perf_counter() - start
+    agent_steps = steps * env.num_envs * env.spec.n_agents
+    return {"env_step": agent_steps / in_step, "with_sampling": agent_steps / total}

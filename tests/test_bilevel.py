@@ -1,0 +1,215 @@
+"""The bi-level schedule (REFERENCE.md 4): phases, which PPO epoch steps which level, the held-out columns of
+`split`, what each level's step may change, the exact acting graph in every epoch, and learning the graph of the
+signal game end to end with the real Trainer."""
+import pytest
+import torch
+from core_utils import make_config, signal_env
+
+from commformer.bilevel import Optimisers, acting_choices, phase, split_columns, steps_graph
+from commformer.config import AlgoConfig
+from commformer.trainer import Trainer, build_agent
+from commformer.update import ppo_update
+
+# ---- schedule -----------------------------------------------------------------------------------------------------
+
+
+def test_phase_over_iterations():
+    algo = AlgoConfig(warmup_iters=3, freeze_fraction=0.5)
+    assert [phase(i, 10, algo) for i in range(10)] == ["warmup"] * 3 + ["bilevel"] * 2 + ["frozen"] * 5
+    never_frozen = AlgoConfig(warmup_iters=2, freeze_fraction=1.0)
+    assert [phase(i, 6, never_frozen) for i in range(6)] == ["warmup"] * 2 + ["bilevel"] * 4
+
+
+def test_phase_without_alpha():
+    assert [phase(i, 5, AlgoConfig(graph="full", warmup_iters=2)) for i in range(5)] == ["fixed"] * 5
+    gated = AlgoConfig(graph="random", gate=True, warmup_iters=2)
+    assert [phase(i, 5, gated) for i in range(5)] == ["warmup"] * 2 + ["fixed"] * 3
+
+
+def test_acting_choices():
+    assert acting_choices("warmup") == ("full", "open")
+    assert acting_choices("bilevel") == ("sample", "sample")
+    assert acting_choices("fixed") == ("sample", "sample")
+    assert acting_choices("frozen") == ("deterministic", "sample")
+
+
+def test_steps_graph_pattern():
+    assert [e for e in range(10) if steps_graph("bilevel", e, 5)] == [4, 9]
+    assert [e for e in range(6) if steps_graph("bilevel", e, 2)] == [1, 3, 5]
+    for ph in ("warmup", "frozen", "fixed"):
+        assert not any(steps_graph(ph, e, 5) for e in range(10))
+
+
+@pytest.mark.parametrize("num_envs,fraction,upper", [
+    (8, 0.25, [6, 7]),  # round(2.0) = 2
+    (4, 0.25, [3]),  # round(1.0) = 1
+    (4, 0.1, [3]),  # round(0.4) = 0 -> at least one
+    (3, 0.9, [1, 2]),  # round(2.7) = 3 -> at least one left for the lower level
+    (2, 0.5, [1]),
+    (10, 0.3, [7, 8, 9]),
+])
+def test_split_columns(num_envs, fraction, upper):
+    up, low = split_columns(num_envs, fraction)
+    assert up.tolist() == upper
+    assert low.tolist() == [c for c in range(num_envs) if c not in upper]
+
+
+def test_split_columns_needs_two_columns():
+    with pytest.raises(ValueError, match="num_envs=1"):
+        split_columns(1, 0.25)
+
+
+def test_optimisers_groups():
+    cfg = make_config(algo={"gate": True, "lr": 1e-3, "gate_lr": 2e-4, "graph_lr": 5e-2})
+    agent = build_agent(cfg, 4, 8, 4, torch.device("cpu"))
+    opt = Optimisers.build(agent, cfg.algo)
+    assert [g["lr"] for g in opt.network.param_groups] == [1e-3, 2e-4]
+    gate_ids = {id(p) for p in agent.model.gate.parameters()}
+    assert {id(p) for p in opt.network.param_groups[1]["params"]} == gate_ids
+    assert opt.graph is not None and opt.graph.param_groups[0]["lr"] == 5e-2
+    assert opt.graph_params == [agent.graph.alpha]
+    assert all(id(p) != id(agent.graph.alpha) for g in opt.network.param_groups for p in g["params"])
+    full_cfg = make_config(algo={"graph": "full"})
+    fixed = build_agent(full_cfg, 4, 8, 4, torch.device("cpu"))
+    assert Optimisers.build(fixed, full_cfg.algo).graph is None
+
+
+# ---- one update -----------------------------------------------------------------------------------------------------
+
+def trainer_with_rollout(tmp_path, ph="bilevel", **algo):
+    """A Trainer on the signal game (8 envs x 4 steps, 10 PPO epochs) and one collected rollout."""
+    cfg = make_config(tmp_path, num_envs=8, rollout_length=4, ppo_epochs=10, algo={"arch_every": 5, **algo})
+    tr = Trainer(cfg, tmp_path)
+    graph_how, gate_how = acting_choices(ph)
+    ro = tr.collector.collect(tr.agent, graph_how, gate_how, tr.vnorm.denormalize)
+    return tr, ro
+
+
+def spy_levels(monkeypatch, tr):
+    """Record, per optimiser step: (upper, network changed, alpha changed)."""
+    record = []
+    original = tr.opt.step
+
+    def step(loss, upper, max_grad_norm):
+        net = [p.detach().clone() for p in tr.opt.network_params]
+        alpha = [p.detach().clone() for p in tr.opt.graph_params]
+        out = original(loss, upper, max_grad_norm)
+        net_changed = any(not torch.equal(a, p) for a, p in zip(net, tr.opt.network_params))
+        alpha_changed = any(not torch.equal(a, p) for a, p in zip(alpha, tr.opt.graph_params))
+        record.append((upper, net_changed, alpha_changed))
+        return out
+
+    monkeypatch.setattr(tr.opt, "step", step)
+    return record
+
+
+@pytest.mark.parametrize("bilevel", ["alternate", "split"])
+def test_each_epoch_steps_one_level(tmp_path, monkeypatch, bilevel):
+    tr, ro = trainer_with_rollout(tmp_path, bilevel=bilevel)
+    record = spy_levels(monkeypatch, tr)
+    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    assert [r[0] for r in record] == [e in (4, 9) for e in range(10)]
+    for upper, net_changed, alpha_changed in record:
+        if upper:
+            assert alpha_changed and not net_changed, "a graph epoch must leave the network unchanged"
+        else:
+            assert net_changed and not alpha_changed, "a network epoch must leave alpha unchanged"
+
+
+@pytest.mark.parametrize("ph", ["warmup", "frozen"])
+def test_alpha_never_steps_outside_bilevel(tmp_path, monkeypatch, ph):
+    tr, ro = trainer_with_rollout(tmp_path, ph=ph)
+    alpha = tr.agent.graph.alpha.detach().clone()
+    record = spy_levels(monkeypatch, tr)
+    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, ph)
+    assert record == [(False, True, False)] * 10
+    assert torch.equal(tr.agent.graph.alpha, alpha)
+
+
+@pytest.mark.parametrize("bilevel,upper_rows,lower_rows", [("alternate", 32, 32), ("split", 8, 24)])
+def test_split_holds_out_columns_for_the_upper_level(tmp_path, monkeypatch, bilevel, upper_rows, lower_rows):
+    """8 envs x 4 steps: split (fraction 0.25) scores the graph on 2 columns (8 rows) and the network on 6 (24)."""
+    tr, ro = trainer_with_rollout(tmp_path, bilevel=bilevel)
+    seen = []
+    original = tr.agent.score
+
+    def score(obs, *args, relax_graph, relax_gate):
+        seen.append((relax_graph, obs.shape[0]))
+        return original(obs, *args, relax_graph=relax_graph, relax_gate=relax_gate)
+
+    monkeypatch.setattr(tr.agent, "score", score)
+    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    assert seen == [(e in (4, 9), upper_rows if e in (4, 9) else lower_rows) for e in range(10)]
+
+
+@pytest.mark.parametrize("algo", [{}, {"gate": True}, {"bilevel": "split"}, {"graph": "random", "gate": True}])
+def test_first_epoch_uses_the_acting_graph(tmp_path, algo):
+    """The update rebuilds the forward pass from the stored acting graph and gate: the first epoch's ratio is 1."""
+    tr, _ = trainer_with_rollout(tmp_path, **algo)
+    ratios = []
+    for _ in range(3):  # later iterations too, after the parameters have moved
+        row = tr.iterate()
+        ratios.append(row["loss/first_epoch_ratio_max"])
+    assert all(abs(r - 1.0) < 1e-5 for r in ratios), ratios
+
+
+@pytest.mark.xfail(strict=True, reason="acting (incremental autoregressive decode over B rows) and scoring "
+                   "(teacher-forced over T*B rows) round differently: the first-epoch ratio is 1 + 1 ulp. "
+                   "Fix: recompute old log-probs with Agent.score under no_grad at the start of ppo_update.")
+def test_first_epoch_ratio_is_exactly_one(tmp_path):
+    tr, _ = trainer_with_rollout(tmp_path, gate=True)
+    ratios = [tr.iterate()["loss/first_epoch_ratio_max"] for _ in range(3)]
+    assert ratios == [1.0, 1.0, 1.0]
+
+
+def test_relaxed_graph_gives_the_same_log_probs(tmp_path):
+    """Agent.score with relax_graph=True (graph epochs) equals relax_graph=False on stored rollout data, while its
+    gradient reaches alpha."""
+    tr, ro = trainer_with_rollout(tmp_path, gate=True)
+    f = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    args = (f(ro.obs), f(ro.avail), f(ro.alive), f(ro.actions), f(ro.graph), f(ro.noise), f(ro.gate))
+    assert ro.noise.abs().sum() > 0
+    logp_hard, ent_hard, v_hard, _ = tr.agent.score(*args, relax_graph=False, relax_gate=True)
+    logp_soft, ent_soft, v_soft, _ = tr.agent.score(*args, relax_graph=True, relax_gate=True)
+    assert torch.equal(logp_hard, logp_soft)
+    assert torch.equal(ent_hard, ent_soft) and torch.equal(v_hard, v_soft)
+    tr.agent.graph.alpha.grad = None
+    (logp_soft * torch.randn(logp_soft.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert tr.agent.graph.alpha.grad is not None and tr.agent.graph.alpha.grad.abs().sum() > 0
+    tr.agent.graph.alpha.grad = None
+    logp_hard, _, _, _ = tr.agent.score(*args, relax_graph=False, relax_gate=True)
+    logp_hard.sum().backward()
+    assert tr.agent.graph.alpha.grad is None
+
+
+# ---- learning the graph (signal game) --------------------------------------------------------------------------------
+
+SIGNAL_SOURCE = torch.tensor([[0, 1, 0, 0],  # receiver i needs agent (i + 1) mod 4
+                              [0, 0, 1, 0],
+                              [0, 0, 0, 1],
+                              [1, 0, 0, 0]], dtype=torch.bool)
+
+
+def learn_signal(tmp_path, seed: int, iterations: int) -> tuple[Trainer, dict]:
+    cfg = make_config(tmp_path, env=signal_env(eval_episodes=256), iterations=iterations, num_envs=64,
+                      rollout_length=5, ppo_epochs=10, seed=seed, eval_every=10 ** 6, algo={"warmup_iters": 0})
+    tr = Trainer(cfg, tmp_path)
+    return tr, tr.train()
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_learns_signal_graph_fast(tmp_path, seed):
+    """Measured (3 seeds, 64 envs x 5 steps, default lr / graph_lr, no warmup): 30 iterations find the exact
+    source permutation i -> i+1 with eval success 1.0 for seeds 1, 2 and 3."""
+    tr, result = learn_signal(tmp_path, seed, iterations=30)
+    assert tr.agent.graph.k == 1
+    assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
+    assert result["eval/success"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_learns_signal_graph_more_seeds(tmp_path, seed):
+    tr, result = learn_signal(tmp_path, seed, iterations=30)
+    assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
+    assert result["eval/success"] == 1.0
