@@ -59,18 +59,25 @@ class RelationAttention(nn.Module):
 
     def scores(self, q: Tensor, k: Tensor, label0: Tensor, rel: tuple[Tensor, Tensor]) -> Tensor:
         """Scaled relation scores: q [B,Nq,h,dh], k [B,Nk,h,dh], label0 [Nq,Nk] bool (edge label 0 there, else 1)
-        -> [B,h,Nq,Nk]."""
-        rq, rk = rel
-        s1 = torch.einsum("bihd,bjhd->bhij", q + rq[1], k + rk[1])
-        s0 = torch.einsum("bihd,bjhd->bhij", q + rq[0], k + rk[0])
-        return torch.where(label0, s0, s1) * self.scale
+        -> [B,h,Nq,Nk]. Expanded as q.k + q.rk_l + rq_l.k + rq_l.rk_l so only q.k is a full product."""
+        rq, rk = rel  # [L,h,dh]
+        qk = torch.einsum("bihd,bjhd->bhij", q, k)
+        q_rk = torch.einsum("bihd,lhd->bhil", q, rk)  # [B,h,Nq,L]
+        rq_k = torch.einsum("bjhd,lhd->bhlj", k, rq)  # [B,h,L,Nk]
+        c = (rq * rk).sum(-1).T  # [h,L]
+        r0 = q_rk[..., 0:1] + rq_k[..., 0:1, :] + c[:, 0, None, None]
+        r1 = q_rk[..., 1:2] + rq_k[..., 1:2, :] + c[:, 1, None, None]
+        return (qk + torch.where(label0, r0, r1)) * self.scale
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
+        """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection)."""
+        w = self.drop(masked_weights(self.scores(q, k, label0, self.relations()), mask))
+        return self.out(torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
 
     def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
         """query [B,Nq,H], key [B,Nk,H], mask [B,Nq,Nk] f32, label0 [Nq,Nk] bool -> [B,Nq,H]."""
-        q = self.split(self.q(query))
         k, v = self.project_kv(key)
-        w = self.drop(masked_weights(self.scores(q, k, label0, self.relations()), mask))
-        return self.out(torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
+        return self.attend(self.split(self.q(query)), k, v, mask, label0)
 
     def values(self, x: Tensor) -> Tensor:
         """Output of attending to one key only (weight 1 on it): out(v(x)). x [...,H] -> [...,H]."""

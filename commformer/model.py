@@ -103,10 +103,10 @@ class CommFormer(nn.Module):
         o = torch.where(is_start, v[a_start], o)
         return self.dec_ln1(e + sa.out(o.flatten(-2)))
 
-    def stream(self, actions: Tensor, table: Tensor) -> Tensor:
-        """The stream for teacher forcing: actions [B,N] long (a_{N-1} unused), table [A+1,H] -> [B,N,H]."""
+    def stream_tokens(self, actions: Tensor) -> Tensor:
+        """Table rows of the stream's positions: actions [B,N] long (a_{N-1} unused) -> [B,N] long (row A = start)."""
         start = torch.full_like(actions[:, :1], self.shape.n_actions)
-        return table[torch.cat([start, actions[:, :-1]], dim=1)]
+        return torch.cat([start, actions[:, :-1]], dim=1)
 
     def head(self, y: Tensor, enc: Tensor, rows: slice) -> Tensor:
         """The block's tail and the per-agent heads: y attention output [B,R,H], enc [B,R,H] -> logits [B,R,A]."""
@@ -114,12 +114,15 @@ class CommFormer(nn.Module):
         out = self.dec_ln3(y + self.dec_mlp(y))
         return torch.einsum("brh,rha->bra", out, self.head_w[rows]) + self.head_b[rows]
 
-    def decode(self, enc: Tensor, x: Tensor, dmask: Tensor, gate: Tensor | None, closed: Tensor) -> Tensor:
+    def decode(self, enc: Tensor, tokens: Tensor, table: Tensor, dmask: Tensor, gate: Tensor | None) -> Tensor:
         """Teacher-forced action logits (unmasked) of all agents.
 
-        enc [B,N,H] | x [B,N,H] stream | dmask D [B,N,N] f32 | gate [B,N] or None | closed [H]: the cross-attention
-        output when only the start token is seen -> [B,N,A]."""
-        y = self.cross_attn(enc, x, dmask, self.dec_label0)
+        enc [B,N,H] | tokens [B,N] long: stream_tokens() | table [A+1,H]: stream_table() | dmask D [B,N,N] f32 |
+        gate [B,N] or None -> [B,N,A]. Keys and values are projected per table row, then gathered."""
+        ca = self.cross_attn
+        k_tab, v_tab = ca.project_kv(table)
+        y = ca.attend(ca.split(ca.q(enc)), k_tab[tokens], v_tab[tokens], dmask, self.dec_label0)
+        closed = ca.out(v_tab[self.shape.n_actions].flatten())
         if gate is not None:
             g = gate[..., None]
             y = g * y + (1.0 - g) * closed
@@ -128,9 +131,7 @@ class CommFormer(nn.Module):
     def teacher_forced(self, enc: Tensor, actions: Tensor, dmask: Tensor, gate: Tensor | None,
                        avail: Tensor) -> tuple[Tensor, Tensor]:
         """All agents in one pass: actions [B,N] long, avail [B,N,A] bool -> (log_prob [B,N], entropy [B,N])."""
-        table = self.stream_table()
-        closed = self.cross_attn.values(table[self.shape.n_actions])
-        logits = masked_logits(self.decode(enc, self.stream(actions, table), dmask, gate, closed), avail)
+        logits = masked_logits(self.decode(enc, self.stream_tokens(actions), self.stream_table(), dmask, gate), avail)
         logp_all = torch.log_softmax(logits, dim=-1)
         logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)

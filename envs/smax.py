@@ -58,6 +58,19 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "commformer" / "jax"
 _MISSING = "SMAX needs the [smax] extra: pip install -e '.[smax]'"
 
 
+@contextlib.contextmanager
+def _quiet_backend_probe():
+    """Silence jax's INFO lines about accelerators it probes for and lacks (e.g. "Unable to initialize backend
+    'tpu'") while the backends start; the logger's level is restored afterwards."""
+    probe_log = logging.getLogger("jax._src.xla_bridge")
+    level = probe_log.level
+    probe_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        probe_log.setLevel(level)
+
+
 def import_jaxmarl() -> tuple[Any, Any]:
     """Import jax and jaxmarl (ImportError naming the extra when absent).
 
@@ -74,7 +87,8 @@ def import_jaxmarl() -> tuple[Any, Any]:
     sink = io.StringIO()
     try:
         sys.stdout = sys.__stdout__ = sink
-        import jaxmarl
+        with _quiet_backend_probe():  # jaxmarl builds jax arrays at import: the backends start here
+            import jaxmarl
         import jaxmarl.environments.smax  # noqa: F401  (registers the scenarios)
     except ImportError as err:
         raise ImportError(_MISSING) from err
