@@ -23,8 +23,10 @@ How one copy's agent-keyed dicts become the batched Step (envs.core):
 
 Workers: ``workers=W >= 1`` splits the B copies into W contiguous chunks, one per process, started from a
 "forkserver" that preloads this module (so no torch state of the caller is forked; "spawn" where there is none).
-Every step sends each worker its actions, then gathers from each one numpy array per field; an exception in a
-worker is raised in the main process as RuntimeError carrying the worker's message and traceback.
+The workers write one numpy array per field straight into arrays [B,...] in shared memory (their own rows) and read
+their actions from a shared [B,N] array; the pipes carry only the commands and the replies, so a step costs the main
+process two small messages per worker and one copy per field. An exception in a worker is raised in the main
+process as RuntimeError carrying the worker's message and traceback.
 MEASURED_NOTE
 """
 from __future__ import annotations
@@ -216,6 +218,31 @@ def resolve_limit(factory: str, env: Any, episode_limit: int | None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The output arrays: per field, one row per copy
+# ---------------------------------------------------------------------------------------------------------------------
+
+def field_specs(layout: Layout, n: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """FIELDS -> (shape, numpy dtype) for n copies."""
+    N, O, A, S = len(layout.agents), layout.obs_dim, layout.max_actions, layout.state_dim
+    return {
+        "obs": ((n, N, O), np.float32), "state": ((n, S), np.float32), "avail_actions": ((n, N, A), np.bool_),
+        "reward": ((n, N), np.float32), "terminated": ((n,), np.bool_), "truncated": ((n,), np.bool_),
+        "alive": ((n, N), np.bool_), "final_obs": ((n, N, O), np.float32), "final_state": ((n, S), np.float32),
+        "final_alive": ((n, N), np.bool_), "ep_return": ((n,), np.float32), "ep_length": ((n,), np.float32),
+    }
+
+
+def new_arrays(layout: Layout, n: int) -> dict[str, np.ndarray]:
+    """Fresh zeroed output arrays for n copies."""
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in field_specs(layout, n).items()}
+
+
+def clear(arrays: dict[str, np.ndarray]) -> None:
+    for a in arrays.values():
+        a.fill(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # A group of copies (run in-process, or inside one worker): dicts in, numpy arrays out
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -291,35 +318,21 @@ class CopyGroup:
 
     # -- the group ----------------------------------------------------------------------------------------------------
 
-    def empty(self) -> dict[str, np.ndarray]:
-        """Zeroed output arrays for this group (n rows)."""
-        L, n = self.layout, len(self.envs)
-        N, O, A, S = len(L.agents), L.obs_dim, L.max_actions, L.state_dim
-        return {
-            "obs": np.zeros((n, N, O), np.float32), "state": np.zeros((n, S), np.float32),
-            "avail_actions": np.zeros((n, N, A), bool), "reward": np.zeros((n, N), np.float32),
-            "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool), "alive": np.zeros((n, N), bool),
-            "final_obs": np.zeros((n, N, O), np.float32), "final_state": np.zeros((n, S), np.float32),
-            "final_alive": np.zeros((n, N), bool), "ep_return": np.zeros(n, np.float32),
-            "ep_length": np.zeros(n, np.float32),
-        }
-
-    def reset(self, seed: int | None) -> dict[str, np.ndarray]:
-        """Reset every copy; copy b (global index first + b) gets seed + first + b."""
-        out = self.empty()
+    def reset(self, seed: int | None, out: dict[str, np.ndarray]) -> None:
+        """Reset every copy into `out` (FIELDS -> [n,...], overwritten); copy b gets seed + first + b."""
+        clear(out)
         for b in range(len(self.envs)):
             s = None if seed is None else seed + self.first + b
             out["obs"][b], out["state"][b], out["avail_actions"][b], out["alive"][b] = self.reset_one(b, s)
         for src, dst in (("obs", "final_obs"), ("state", "final_state"), ("alive", "final_alive")):
             out[dst][:] = out[src]
-        return out
 
-    def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
-        """actions [n,N] int64 (index into each agent's padded actions) -> the next arrays, finished copies reset."""
-        out = self.empty()
+    def step(self, actions: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        """actions [n,N] int64 (indices into each agent's padded actions); the next arrays go into `out`
+        (FIELDS -> [n,...], overwritten); finished copies reset."""
+        clear(out)
         for b in range(len(self.envs)):
             self.step_one(b, actions[b], out)
-        return out
 
     def step_one(self, b: int, actions: np.ndarray, out: dict[str, np.ndarray]) -> None:
         """Step copy b with actions [N] and write its row of `out` (auto-reset when its episode ends)."""
@@ -358,11 +371,27 @@ class CopyGroup:
 # Worker processes
 # ---------------------------------------------------------------------------------------------------------------------
 
-def worker_main(conn: Any, factory: str, kwargs: dict, layout: Layout, first: int, n: int) -> None:
-    """Worker loop: build a CopyGroup, then answer ("reset", seed) / ("step", actions) / ("close", None) with
-    ("ok", result) or ("error", message with traceback) until closed or the pipe breaks."""
+def shared_arrays(ctx: Any, specs: Mapping[str, tuple[tuple[int, ...], type]]) -> dict[str, Any]:
+    """One zeroed shared-memory block (multiprocessing RawArray) per entry of `specs`."""
+    return {k: ctx.RawArray("B", max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1))
+            for k, (shape, dtype) in specs.items()}
+
+
+def numpy_views(raw: Mapping[str, Any], specs: Mapping[str, tuple[tuple[int, ...], type]]) -> dict[str, np.ndarray]:
+    """Numpy arrays of the given shapes and dtypes over the shared blocks (no copy)."""
+    return {k: np.frombuffer(raw[k], dtype=np.uint8)[:int(np.prod(shape)) * np.dtype(dtype).itemsize]
+            .view(dtype).reshape(shape) for k, (shape, dtype) in specs.items()}
+
+
+def worker_main(conn: Any, factory: str, kwargs: dict, layout: Layout, first: int, n: int, raw: dict[str, Any],
+                specs: dict[str, tuple[tuple[int, ...], type]]) -> None:
+    """Worker loop: build a CopyGroup over copies first..first+n-1, then answer ("reset", seed) / ("step", None)
+    (actions read from the shared "actions" rows) / ("close", None) with ("ok", None) once the shared output rows are
+    written, or ("error", message with traceback), until closed or the pipe breaks."""
     group = None
     try:
+        views = {k: v[first:first + n] for k, v in numpy_views(raw, specs).items()}
+        actions = views.pop("actions")
         group = CopyGroup(factory, kwargs, layout, first, n)
         conn.send(("ok", None))
         while True:
@@ -370,7 +399,11 @@ def worker_main(conn: Any, factory: str, kwargs: dict, layout: Layout, first: in
             if cmd == "close":
                 break
             try:
-                conn.send(("ok", group.reset(arg) if cmd == "reset" else group.step(arg)))
+                if cmd == "reset":
+                    group.reset(arg, views)
+                else:
+                    group.step(actions.copy(), views)
+                conn.send(("ok", None))
             except Exception as e:  # sent to the main process, which raises it
                 conn.send(("error", error_text(cmd, e)))
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
@@ -389,15 +422,21 @@ def error_text(cmd: str, e: BaseException) -> str:
 
 
 class WorkerPool:
-    """W processes, worker w holding copies chunks[w] = (first, n); call() sends to all, then gathers from all."""
+    """W processes, worker w holding copies chunks[w] = (first, n). The outputs (FIELDS) and the actions live in
+    shared arrays [B,...] (`arrays`); call() sends a command to all workers, then waits for all of them."""
 
     def __init__(self, factory: str, kwargs: dict, layout: Layout, chunks: list[tuple[int, int]]) -> None:
         ctx = start_context()
+        num_envs = sum(n for _, n in chunks)
+        specs = {**field_specs(layout, num_envs), "actions": ((num_envs, len(layout.agents)), np.int64)}
+        raw = shared_arrays(ctx, specs)
+        self.arrays = numpy_views(raw, specs)
         self.chunks = chunks
         self.conns, self.procs = [], []
         for first, n in chunks:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, factory, kwargs, layout, first, n), daemon=True)
+            proc = ctx.Process(target=worker_main, args=(child, factory, kwargs, layout, first, n, raw, specs),
+                               daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -405,20 +444,28 @@ class WorkerPool:
         self.gather()  # every worker built its envs (or raise its error)
         log.debug("started %d PettingZoo workers for %s", len(chunks), factory)
 
-    def call(self, cmd: str, args: Sequence[Any]) -> list[Any]:
-        """Send (cmd, args[w]) to every worker, then return their results in worker order."""
-        for conn, arg in zip(self.conns, args):
+    def call(self, cmd: str, arg: Any = None) -> dict[str, np.ndarray]:
+        """Send (cmd, arg) to every worker, wait for all, and return a copy of the shared outputs (FIELDS)."""
+        for conn in self.conns:
             conn.send((cmd, arg))
-        return self.gather()
+        self.gather()
+        return {k: self.arrays[k].copy() for k in FIELDS}
 
-    def gather(self) -> list[Any]:
+    def reset(self, seed: int | None) -> dict[str, np.ndarray]:
+        return self.call("reset", seed)
+
+    def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+        """actions [B,N] int64 -> the outputs of all B copies."""
+        self.arrays["actions"][:] = actions
+        return self.call("step")
+
+    def gather(self) -> None:
         """One reply per worker; after reading all of them, raise RuntimeError for the first that failed."""
         replies = [self.receive(w) for w in range(len(self.conns))]
         for w, (status, payload) in enumerate(replies):
             if status != "ok":
                 first, n = self.chunks[w]
                 raise RuntimeError(f"PettingZoo worker {w} (envs {first}..{first + n - 1}) failed: {payload}")
-        return [payload for _, payload in replies]
 
     def receive(self, w: int) -> tuple[str, Any]:
         try:
@@ -507,15 +554,15 @@ class PettingZooVecEnv:
             self.group = CopyGroup(factory, self.kwargs, self.layout, 0, num_envs)
         else:
             self.pool = WorkerPool(factory, self.kwargs, self.layout, chunk_sizes(num_envs, workers))
-        self.avail: Tensor | None = None
+        self.avail: np.ndarray | None = None  # [B,N,A] bool of the last Step, to check actions
 
     def reset(self, seed: int | None = None) -> Step:
         """Reset all B copies; copy b is seeded with seed + b (None: unseeded)."""
         if self.group is not None:
-            arrays = self.group.reset(seed)
+            arrays = new_arrays(self.layout, self.num_envs)
+            self.group.reset(seed, arrays)
         else:
-            pool = self.live_pool()
-            arrays = merge(pool.call("reset", [seed] * len(pool.chunks)))
+            arrays = self.live_pool().reset(seed)
         return self.to_step(arrays)
 
     def step(self, actions: Tensor) -> Step:
@@ -523,25 +570,25 @@ class PettingZooVecEnv:
         if self.avail is None:
             raise RuntimeError("step() before reset(): call reset(seed) first")
         check_actions(actions, self.num_envs, self.spec.n_agents)
-        self.check_available(actions)
         acts = actions.detach().to("cpu", torch.int64).numpy()
+        self.check_available(acts)
         if self.group is not None:
-            arrays = self.group.step(acts)
+            arrays = new_arrays(self.layout, self.num_envs)
+            self.group.step(acts, arrays)
         else:
-            pool = self.live_pool()
-            arrays = merge(pool.call("step", [acts[f:f + n] for f, n in pool.chunks]))
+            arrays = self.live_pool().step(acts)
         return self.to_step(arrays)
 
-    def check_available(self, actions: Tensor) -> None:
-        """ValueError naming the first env, agent and action that is out of range or unavailable."""
-        A = self.spec.n_actions
-        actions = actions.to(self.avail.device)
-        in_range = (actions >= 0) & (actions < A)
-        ok = in_range & self.avail.gather(-1, actions.clamp(0, A - 1)[..., None])[..., 0]
-        if bool(ok.all()):
+    def check_available(self, actions: np.ndarray) -> None:
+        """ValueError naming the first env, agent and action (in [B,N] int64) that is out of range or unavailable."""
+        B, N, A = self.avail.shape
+        ok = (actions >= 0) & (actions < A)
+        if ok.all():
+            ok = self.avail.reshape(-1)[np.arange(0, B * N * A, A) + actions.reshape(-1)].reshape(B, N)
+        if ok.all():
             return
-        b, i = (~ok).nonzero()[0].tolist()
-        allowed = self.avail[b, i].nonzero()[:, 0].tolist()
+        b, i = np.argwhere(~ok)[0].tolist()
+        allowed = np.flatnonzero(self.avail[b, i]).tolist()
         raise ValueError(f"step(): action {int(actions[b, i])} of agent {self.spec.agent_names[i]!r} in env {b} "
                          f"is not available; available: {allowed}")
 
@@ -552,8 +599,8 @@ class PettingZooVecEnv:
 
     def to_step(self, arrays: dict[str, np.ndarray]) -> Step:
         """The gathered numpy arrays (B rows) as a Step of tensors on self.device."""
+        self.avail = arrays["avail_actions"]
         t = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
-        self.avail = t["avail_actions"]
         return Step(
             obs=t["obs"], state=t["state"], avail_actions=t["avail_actions"], reward=t["reward"],
             terminated=t["terminated"], truncated=t["truncated"], alive=t["alive"], active=t["alive"].clone(),
@@ -575,7 +622,3 @@ class PettingZooVecEnv:
         except Exception:  # interpreter shutdown: nothing left to clean
             pass
 
-
-def merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate the workers' arrays along the copy axis, in worker order."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}

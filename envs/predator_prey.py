@@ -272,6 +272,7 @@ class _GridPursuit:
 
     def _make_step(self, obs: Tensor, reward: Tensor, terminated: Tensor, truncated: Tensor, final_obs: Tensor,
                    episode: dict[str, Tensor]) -> Step:
+        """Assemble a Step; avail_actions and active come from the current done flags, every agent is alive."""
         B, N = self.num_envs, self.spec.n_agents
         alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
         return Step(
@@ -351,6 +352,25 @@ class _GridPursuit:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything the next step() depends on (for exact resume): positions, done flags, counters, RNG."""
+        if self._generator is None:
+            raise RuntimeError("state_dict() before reset(): call reset(seed) first")
+        return {"cells": self._cells.clone(), "done": self._done.clone(), "t": self._t.clone(),
+                "return": self._return.clone(), "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore a state_dict() of an env with the same settings."""
+        if tuple(state["cells"].shape) != tuple(self._cells.shape):
+            raise ValueError(f"env state of shape {tuple(state['cells'].shape)} does not fit this env "
+                             f"([B={self.num_envs}, N+1={self.spec.n_agents + 1}])")
+        self._cells = state["cells"].to(self.device)
+        self._done = state["done"].to(self.device)
+        self._t = state["t"].to(self.device)
+        self._return = state["return"].to(self.device)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.set_state(state["generator"].cpu())
 
     # ------------------------------------------------------------------ inspection and hand-set states (tests)
 

@@ -232,7 +232,7 @@ def _build(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bo
         fields.update(
             reward=reward, terminated=terminated, truncated=truncated,
             final_obs=final["obs"], final_state=final["state"], final_alive=final["alive"],
-            won=done & enemies_out & ~allies_out,
+            won=done & enemies_out,
             **{"return": jnp.where(done, ep_return, 0.0), "length": jnp.where(done, ep_length, 0.0)},
         )
         ep_return = jnp.where(done, 0.0, ep_return)
@@ -263,7 +263,7 @@ class SMAXVecEnv:
         allowed = scenarios()
         if scenario not in allowed:
             raise ValueError(f"env.scenario={scenario!r}; allowed: {allowed}")
-        if episode_limit is not None and (isinstance(episode_limit, bool) or int(episode_limit) != episode_limit
+        if episode_limit is not None and (not isinstance(episode_limit, int) or isinstance(episode_limit, bool)
                                           or episode_limit < 1):
             raise ValueError(f"env.episode_limit={episode_limit!r}; must be an integer >= 1 or null")
         if attack_mode not in ATTACK_MODES:
@@ -275,7 +275,7 @@ class SMAXVecEnv:
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.scenario = scenario
-        limit = default_episode_limit() if episode_limit is None else int(episode_limit)
+        limit = default_episode_limit() if episode_limit is None else episode_limit
         self._env, self._reset_fn, self._step_fn = _build(scenario, limit, attack_mode, enemy_shoots)
         self._jax_device = _jax_device(jax, self.device)
         self.spec = _spec(self._env)

@@ -197,11 +197,15 @@ def learn_signal(tmp_path, seed: int, iterations: int) -> tuple[Trainer, dict]:
     return tr, tr.train()
 
 
-@pytest.mark.parametrize("seed", [1])
-def test_learns_signal_graph_fast(tmp_path, seed):
-    """Measured (3 seeds, 64 envs x 5 steps, default lr / graph_lr, no warmup): 30 iterations find the exact
-    source permutation i -> i+1 with eval success 1.0 for seeds 1, 2 and 3."""
-    tr, result = learn_signal(tmp_path, seed, iterations=30)
+# Measured (Trainer.iterate() then Trainer.evaluate() after every iteration; 64 envs x 5 steps, 10 PPO epochs,
+# default lr 5e-4 / graph_lr 3e-3, warmup 0, 256 eval episodes): top-k(alpha) is the exact permutation after 5-6
+# iterations for seeds 1-6; eval success reaches 1.0 after 9, 6, 10, 10, 11, 8 iterations (seeds 1-6). The smallest
+# budget passing seeds 1-3 is 10 iterations; the tests use 15 for headroom (about 7 s per seed on one thread).
+SIGNAL_ITERATIONS = 15
+
+
+def test_learns_signal_graph_fast(tmp_path):
+    tr, result = learn_signal(tmp_path, 1, SIGNAL_ITERATIONS)
     assert tr.agent.graph.k == 1
     assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
     assert result["eval/success"] == 1.0
@@ -210,6 +214,6 @@ def test_learns_signal_graph_fast(tmp_path, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 3])
 def test_learns_signal_graph_more_seeds(tmp_path, seed):
-    tr, result = learn_signal(tmp_path, seed, iterations=30)
+    tr, result = learn_signal(tmp_path, seed, SIGNAL_ITERATIONS)
     assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
     assert result["eval/success"] == 1.0

@@ -298,8 +298,10 @@ def test_same_seed_same_steps(env):
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match=r"env.scenario='4m'; allowed: \[.*'3m'.*\]"):
         smax.SMAXVecEnv(1, "cpu", scenario="4m")
-    with pytest.raises(ValueError, match="env.episode_limit=0; must be an integer >= 1"):
+    with pytest.raises(ValueError, match="env.episode_limit=0; must be an integer >= 1 or null"):
         smax.SMAXVecEnv(1, "cpu", episode_limit=0)
+    with pytest.raises(ValueError, match="env.episode_limit=2.5; must be an integer >= 1 or null"):
+        smax.SMAXVecEnv(1, "cpu", episode_limit=2.5)
     with pytest.raises(ValueError, match=r"env.attack_mode='far'; allowed: \['closest', 'random'\]"):
         smax.SMAXVecEnv(1, "cpu", attack_mode="far")
     with pytest.raises(ValueError, match="num_envs=0; must be >= 1"):
