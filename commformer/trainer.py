@@ -84,6 +84,7 @@ class Trainer:
         self.collector = Collector(self.env, cfg.rollout_length, cfg.algo.gate, self.device, self.generator)
         self.iteration, self.env_steps = 0, 0
         self.last_eval: dict[str, float] = {}
+        self.last_graph: torch.Tensor | None = None
         if ckpt is not None:
             self.restore(ckpt)
         else:
@@ -125,6 +126,8 @@ class Trainer:
             self.generator.set_state(ckpt["rng"]["generator"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             self.iteration, self.env_steps = int(ckpt["iteration"]), int(ckpt["env_steps"])
+            if self.agent.graph.learned:  # as iterate() left it after the update that preceded the save
+                self.last_graph = self.agent.graph.deterministic()
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).splitlines()[0][:200]
             raise CheckpointError(f"checkpoint does not match this run's model/env ({first})") from None
@@ -166,14 +169,20 @@ class Trainer:
         row: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.env_steps}
         episodes = self.collector.pop_finished()
         row["train/episodes"] = int(episodes["return"].numel()) if episodes else 0
-        for k, v in episodes.items():
-            row[f"train/{k}"] = float(v.mean())
+        for k in ("return", "length") + tuple(self.env.spec.task_metrics):
+            row[f"train/{k}"] = float(episodes[k].mean()) if k in episodes else float("nan")
         T, B, N = ro.alive.shape
         msgs = messages_per_step(ro.graph.view(T * B, N, N), ro.alive.view(T * B, N),
                                  None if ro.gate is None else ro.gate.view(T * B, N))
         row["comm/messages_per_step"] = float(msgs.mean())
         if ro.gate is not None:
             row["comm/gate_open"] = float(ro.gate[ro.alive].float().mean())
+        if self.agent.graph.learned:
+            det = self.agent.graph.deterministic()
+            prev = self.last_graph
+            # senders swapped in the deterministic graph since the last iteration
+            row["comm/graph_changes"] = float("nan") if prev is None else int((det != prev).sum()) // 2
+            self.last_graph = det
         margins = self.agent.graph.margins()
         if not bool(torch.isnan(margins).all()):
             row["comm/alpha_margin_min"] = float(margins.min())

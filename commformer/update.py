@@ -38,6 +38,11 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
     if algo.bilevel == "split" and ph == "bilevel":
         upper_cols, lower_cols = split_columns(B, algo.split_fraction)
     gate_on = ro.gate is not None and ph != "warmup"
+    with torch.no_grad():  # old log-probs from the update's own (teacher-forced) pass: the first ratio is exactly 1
+        old_log_prob = agent.score(flat(ro.obs, None), flat(ro.avail, None), flat(ro.alive, None),
+                                   flat(ro.actions, None), flat(ro.graph, None), flat(ro.noise, None),
+                                   flat(ro.gate, None) if gate_on else None, relax_graph=False,
+                                   relax_gate=False)[0].view_as(ro.log_prob)
     stats: dict[str, list[float]] = defaultdict(list)
     first_ratio = None
     for epoch in range(epochs):
@@ -53,7 +58,7 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
             flat(ro.obs, cols), flat(ro.avail, cols), flat(ro.alive, cols), flat(ro.actions, cols),
             flat(ro.graph, cols), flat(ro.noise, cols), flat(ro.gate, cols) if gate_on else None,
             relax_graph=upper, relax_gate=gate_on)
-        old_logp = flat(ro.log_prob, cols)
+        old_logp = flat(old_log_prob, cols)
         pl, pstats = policy_loss(logp, old_logp, adv, active, algo.clip)
         vl = value_loss(value, flat(ro.values, cols), tgt, active, algo.clip, algo.huber_delta)
         ent = masked_mean(entropy, active)

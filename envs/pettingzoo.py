@@ -152,8 +152,8 @@ def flat_width(factory: str, agent: str, space: gymnasium.Space) -> int:
     try:
         return int(gymnasium.spaces.flatdim(space))
     except (NotImplementedError, ValueError, TypeError):
-        raise ValueError(f"env.factory={factory!r}: agent {agent!r} has observation space {space}, which has no "
-                         "fixed flat width; supported: Box, Discrete, MultiDiscrete, MultiBinary, Tuple, Dict") from None
+        raise ValueError(f"env.factory={factory!r}: agent {agent!r} has observation space {space}, which has no fixed "
+                         "flat width; supported: Box, Discrete, MultiDiscrete, MultiBinary, Tuple, Dict") from None
 
 
 def agent_types(keys: Sequence[Any]) -> tuple[tuple[int, ...], int]:

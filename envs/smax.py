@@ -203,9 +203,10 @@ def _build(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bo
     def reset_fn(key: Any, num_envs: int) -> tuple:
         key, k_reset = jax.random.split(key)
         obs, states = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
-        fields = view(obs, strong(states))
+        states = strong(states)
+        fields = view(obs, states)
         zeros = jnp.zeros((num_envs,), jnp.float32)
-        return (key, strong(states), zeros, zeros,
+        return (key, states, zeros, zeros,
                 pack(fields, RESET_FLOATS, jnp.float32), pack(fields, RESET_BOOLS, bool))
 
     def step_fn(key: Any, states: Any, ep_return: Any, ep_length: Any, actions: Any) -> tuple:
@@ -232,7 +233,7 @@ def _build(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bo
         fields.update(
             reward=reward, terminated=terminated, truncated=truncated,
             final_obs=final["obs"], final_state=final["state"], final_alive=final["alive"],
-            won=done & enemies_out,
+            won=done & enemies_out & ~allies_out,
             **{"return": jnp.where(done, ep_return, 0.0), "length": jnp.where(done, ep_length, 0.0)},
         )
         ep_return = jnp.where(done, 0.0, ep_return)

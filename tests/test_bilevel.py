@@ -139,7 +139,9 @@ def test_split_holds_out_columns_for_the_upper_level(tmp_path, monkeypatch, bile
 
     monkeypatch.setattr(tr.agent, "score", score)
     ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
-    assert seen == [(e in (4, 9), upper_rows if e in (4, 9) else lower_rows) for e in range(10)]
+    # the first call rescoring the whole batch (no gradient) gives the old log-probs; then one call per epoch
+    assert seen[0] == (False, 32)
+    assert seen[1:] == [(e in (4, 9), upper_rows if e in (4, 9) else lower_rows) for e in range(10)]
 
 
 @pytest.mark.parametrize("algo", [{}, {"gate": True}, {"bilevel": "split"}, {"graph": "random", "gate": True}])
@@ -153,9 +155,6 @@ def test_first_epoch_uses_the_acting_graph(tmp_path, algo):
     assert all(abs(r - 1.0) < 1e-5 for r in ratios), ratios
 
 
-@pytest.mark.xfail(strict=True, reason="acting (incremental autoregressive decode over B rows) and scoring "
-                   "(teacher-forced over T*B rows) round differently: the first-epoch ratio is 1 + 1 ulp. "
-                   "Fix: recompute old log-probs with Agent.score under no_grad at the start of ppo_update.")
 def test_first_epoch_ratio_is_exactly_one(tmp_path):
     tr, _ = trainer_with_rollout(tmp_path, gate=True)
     ratios = [tr.iterate()["loss/first_epoch_ratio_max"] for _ in range(3)]
@@ -200,20 +199,13 @@ def learn_signal(tmp_path, seed: int, iterations: int) -> tuple[Trainer, dict]:
 # Measured (Trainer.iterate() then Trainer.evaluate() after every iteration; 64 envs x 5 steps, 10 PPO epochs,
 # default lr 5e-4 / graph_lr 3e-3, warmup 0, 256 eval episodes): top-k(alpha) is the exact permutation after 5-6
 # iterations for seeds 1-6; eval success reaches 1.0 after 9, 6, 10, 10, 11, 8 iterations (seeds 1-6). The smallest
-# budget passing seeds 1-3 is 10 iterations; the tests use 15 for headroom (about 7 s per seed on one thread).
+# budget passing seeds 1-3 is 10 iterations; the test uses 15 for headroom (3-7 s per seed on one thread).
 SIGNAL_ITERATIONS = 15
 
 
-def test_learns_signal_graph_fast(tmp_path):
-    tr, result = learn_signal(tmp_path, 1, SIGNAL_ITERATIONS)
-    assert tr.agent.graph.k == 1
-    assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
-    assert result["eval/success"] == 1.0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [2, 3])
-def test_learns_signal_graph_more_seeds(tmp_path, seed):
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_learns_signal_graph(tmp_path, seed):
     tr, result = learn_signal(tmp_path, seed, SIGNAL_ITERATIONS)
+    assert tr.agent.graph.k == 1
     assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
     assert result["eval/success"] == 1.0

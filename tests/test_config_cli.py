@@ -127,7 +127,7 @@ def test_default_config_matches_the_design():
     assert quiet.logger.wandb == "disabled" and quiet.logger.progress is False
 
 
-# ---- the command line -------------------------------------------------------------------------------------------------
+# ---- the command line ------------------------------------------------------------------------------------------------
 
 def run_train(tmp_path, *overrides):
     """scripts/train.py in a subprocess from tmp_path (Hydra's run folders land there)."""

@@ -1,6 +1,7 @@
 """One contract suite over every env config in conf/env/ (envs/core.py): shapes and dtypes of every Step, episode
 ends and auto-reset, episode statistics, and seeding. Configs added later are picked up by the glob."""
 import math
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def load(path: Path) -> dict:
     if cfg.get("family") == "smacv2" and not os.environ.get("SC2PATH"):
         pytest.skip(SC2_MISSING)
     if cfg.get("family") == "smax":
+        from envs import smax
+
+        with contextlib.suppress(ImportError):
+            smax.import_jaxmarl()  # contains jaxmarl's import-time prints and stream reset
         pytest.importorskip("jaxmarl")
     return cfg
 

@@ -76,6 +76,23 @@ def test_dead_sender_is_not_heard():
     assert differs(enc[:, 0], enc2[:, 0])
 
 
+def test_dead_agent_is_no_sender_in_the_policy():
+    """Through Agent.score: receivers 2 and 3 (which list agent 0 in GRAPH) hear neither the observation nor the
+    action of agent 0 once it is dead; while it is alive, they do."""
+    agent = make_agent(N, O, A, layers=1)
+    obs, avail, alive, actions = random_inputs(B, N, O, A)
+    hard = batch_graph()
+    for dead, heard in ((True, False), (False, True)):
+        alive_now = alive.clone()
+        alive_now[:, 0] = not dead
+        base = action_log_probs(agent, obs, avail, alive_now, actions, hard)
+        by_obs = action_log_probs(agent, perturb_obs(obs, 0), avail, alive_now, actions, hard)
+        by_act = action_log_probs(agent, obs, avail, alive_now, perturb_action(actions, 0), hard)
+        for i in (2, 3):
+            assert differs(base[:, i], by_obs[:, i]) == heard
+            assert differs(base[:, i], by_act[:, i]) == heard
+
+
 # ---- decoder: who influences agent i's action distribution --------------------------------------------------------
 
 @pytest.mark.parametrize("relax_graph", [False, True])
