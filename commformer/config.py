@@ -42,7 +42,7 @@ class AlgoConfig:
     name: str = "commformer"
     graph: str = "learned"
     sparsity: float = 0.4
-    graph_lr: float = 3e-3
+    graph_lr: float = 1e-2
     tau: float = 1.0
     decoder_graph_grad: bool = False
     hidden: int = 64
