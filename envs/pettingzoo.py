@@ -27,7 +27,10 @@ The workers write one numpy array per field straight into arrays [B,...] in shar
 their actions from a shared [B,N] array; the pipes carry only the commands and the replies, so a step costs the main
 process two small messages per worker and one copy per field. An exception in a worker is raised in the main
 process as RuntimeError carrying the worker's message and traceback.
-MEASURED_NOTE
+Env-only throughput on simple_spread (random available actions, 2 CPU cores, blocks without other load): B=16
+3,200 env-steps/s in-process vs 5,000-5,200 with workers=2 (x1.55-1.63); B=64 3,200 vs 5,200-5,800 (x1.65-1.77).
+Two independent processes reach x2.0 on the same cores; the gap is the per-step round trip (~0.3 ms) and waiting
+for the slower worker. When other programs keep the cores busy, workers gain nothing (x0.8-1.1 measured).
 """
 from __future__ import annotations
 
