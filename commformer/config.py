@@ -134,6 +134,7 @@ class Config:
     eval_every: int = 20
     eval_episodes: Optional[int] = None
     eval_envs: Optional[int] = None
+    eval_at_start: bool = False
     checkpoint_every: int = 50
     run_dir: Optional[str] = None
 

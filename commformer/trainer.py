@@ -198,6 +198,9 @@ class Trainer:
         """Run until the budget is spent; returns the final evaluation."""
         cfg = self.cfg
         try:
+            if cfg.eval_at_start and self.iteration == 0:
+                self.last_eval = self.evaluate()
+                self.logger.log({"iteration": 0, "env_steps": 0, **self.last_eval})
             while self.iteration < cfg.iterations:
                 row = self.iterate()
                 last = self.iteration >= cfg.iterations
