@@ -87,6 +87,9 @@ ENV_ROWS = [  # (label, config name, overrides, B values)
     ("Predator-Prey 5x5, 3 predators", "pp", {}, (1, 64, 1024, 4096)),
     ("Predator-Prey 10x10, 5 predators", "pp_medium", {}, (64, 1024, 4096)),
     ("Predator-Capture-Prey 5x5", "pcp", {}, (64, 1024, 4096)),
+    ("MPE simple_spread, in-process", "mpe_simple_spread", {"workers": 0}, (16, 64)),
+    ("MPE simple_spread, 2 workers", "mpe_simple_spread", {"workers": 2}, (16, 64)),
+    ("SMAX 3m (jax, CPU)", "smax_3m", {}, (32, 128)),
 ]
 
 RELEASED_PP = ["ppo_epochs=10", "algo.clip=0.05", "algo.hidden=64", "algo.layers=1", "algo.heads=1"]
@@ -94,7 +97,20 @@ TRAIN_ROWS = [  # (label, overrides)
     ("default run (pp, B=32, T=40, 10 epochs)", []),
     ("released PP settings (B=8, T=200, 10 epochs, clip 0.05)", ["num_envs=8", "rollout_length=200"] + RELEASED_PP),
     ("rollout-heavy (B=256, T=20)", ["num_envs=256", "rollout_length=20"]),
+    ("pcp (B=32, T=40)", ["env=pcp"]),
+    ("mpe_simple_spread (B=32, T=40, 2 workers)", ["env=mpe_simple_spread"]),
+    ("smax_3m (B=32, T=40)", ["env=smax_3m"]),
 ]
+
+
+def family_available(name: str) -> bool:
+    """False for SMAX without the [smax] extra and SMACv2 without StarCraft II (their rows are left out)."""
+    family = env_config(name)["family"]
+    if family == "smax":
+        import importlib.util
+
+        return importlib.util.find_spec("jaxmarl") is not None
+    return family != "smacv2" or bool(os.environ.get("SC2PATH"))
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -106,6 +122,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def run_env_suite(quick: bool, device: str) -> str:
     rows = []
     for label, name, over, sizes in ENV_ROWS:
+        if not family_available(name):
+            continue
         for b in sizes:
             steps = 50 if quick else max(200, min(5000, 400_000 // b))
             r = env_throughput(env_config(name, **over), b, steps, device)
@@ -116,6 +134,9 @@ def run_env_suite(quick: bool, device: str) -> str:
 def run_train_suite(quick: bool, device: str) -> str:
     rows = []
     for label, over in TRAIN_ROWS:
+        env_name = next((o.split("=", 1)[1] for o in over if o.startswith("env=")), "pp")
+        if not family_available(env_name):
+            continue
         r = train_throughput(over + [f"device={device}"], 1 if quick else 3)
         rows.append([label, f"{r['env_steps_per_s']:,.0f}", f"{r['rollout_env_steps_per_s']:,.0f}",
                      f"{r['rollout_s_per_iter']:.3f}", f"{r['update_s_per_iter']:.3f}"])

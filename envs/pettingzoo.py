@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import multiprocessing as mp
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +45,7 @@ import torch
 from torch import Tensor
 
 from envs.core import EnvSpec, Step, check_actions
+from envs.workers import WorkerPool, chunk_sizes, serve, start_context
 
 log = logging.getLogger(__name__)
 
@@ -386,130 +385,69 @@ def numpy_views(raw: Mapping[str, Any], specs: Mapping[str, tuple[tuple[int, ...
             .view(dtype).reshape(shape) for k, (shape, dtype) in specs.items()}
 
 
+class SharedCopies:
+    """A worker's CopyGroup over copies first..first+n-1, writing its rows of the shared output arrays and reading
+    its actions from its rows of the shared "actions" array (`raw`, laid out by `specs`)."""
+
+    def __init__(self, factory: str, kwargs: dict, layout: Layout, first: int, n: int, raw: dict[str, Any],
+                 specs: dict[str, tuple[tuple[int, ...], type]]) -> None:
+        views = {k: v[first:first + n] for k, v in numpy_views(raw, specs).items()}
+        self.actions = views.pop("actions")
+        self.views = views
+        self.group = CopyGroup(factory, kwargs, layout, first, n)
+
+    def handle(self, cmd: str, arg: Any) -> None:
+        """("reset", seed) or ("step", None): the outputs go to the shared rows (the reply carries nothing)."""
+        if cmd == "reset":
+            self.group.reset(arg, self.views)
+        else:
+            self.group.step(self.actions.copy(), self.views)
+
+    def close(self) -> None:
+        self.group.close()
+
+
 def worker_main(conn: Any, factory: str, kwargs: dict, layout: Layout, first: int, n: int, raw: dict[str, Any],
                 specs: dict[str, tuple[tuple[int, ...], type]]) -> None:
-    """Worker loop: build a CopyGroup over copies first..first+n-1, then answer ("reset", seed) / ("step", None)
-    (actions read from the shared "actions" rows) / ("close", None) with ("ok", None) once the shared output rows are
-    written, or ("error", message with traceback), until closed or the pipe breaks."""
-    group = None
-    try:
-        views = {k: v[first:first + n] for k, v in numpy_views(raw, specs).items()}
-        actions = views.pop("actions")
-        group = CopyGroup(factory, kwargs, layout, first, n)
-        conn.send(("ok", None))
-        while True:
-            cmd, arg = conn.recv()
-            if cmd == "close":
-                break
-            try:
-                if cmd == "reset":
-                    group.reset(arg, views)
-                else:
-                    group.step(actions.copy(), views)
-                conn.send(("ok", None))
-            except Exception as e:  # sent to the main process, which raises it
-                conn.send(("error", error_text(cmd, e)))
-    except (EOFError, KeyboardInterrupt, BrokenPipeError):
-        pass
-    except Exception as e:  # construction failed
-        conn.send(("error", error_text("start", e)))
-    finally:
-        if group is not None:
-            group.close()
-        conn.close()
+    """Worker loop (envs.workers.serve): build SharedCopies over copies first..first+n-1, then answer
+    ("reset", seed) / ("step", None) (actions read from the shared "actions" rows) / ("close", None) with
+    ("ok", None) once the shared output rows are written, or ("error", message with traceback), until closed or the
+    pipe breaks."""
+    serve(conn, lambda: SharedCopies(factory, kwargs, layout, first, n, raw, specs))
 
 
-def error_text(cmd: str, e: BaseException) -> str:
-    """One line naming the command and the exception, then the worker's traceback."""
-    return f"{cmd}(): {type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e))
-
-
-class WorkerPool:
+class PettingZooPool(WorkerPool):
     """W processes, worker w holding copies chunks[w] = (first, n). The outputs (FIELDS) and the actions live in
-    shared arrays [B,...] (`arrays`); call() sends a command to all workers, then waits for all of them."""
+    shared arrays [B,...] (`arrays`); reset() / step() send a command to all workers, then wait for all of them."""
+
+    label = "PettingZoo"
+    unit = "envs"
+    close_timeout_s = CLOSE_TIMEOUT_S
 
     def __init__(self, factory: str, kwargs: dict, layout: Layout, chunks: list[tuple[int, int]]) -> None:
-        ctx = start_context()
+        super().__init__(chunks)
+        ctx = start_context([__name__])
         num_envs = sum(n for _, n in chunks)
         specs = {**field_specs(layout, num_envs), "actions": ((num_envs, len(layout.agents)), np.int64)}
         raw = shared_arrays(ctx, specs)
         self.arrays = numpy_views(raw, specs)
-        self.chunks = chunks
-        self.conns, self.procs = [], []
-        for first, n in chunks:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, factory, kwargs, layout, first, n, raw, specs),
-                               daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.gather()  # every worker built its envs (or raise its error)
+        # every worker built its envs (or raise its error)
+        self.start(ctx, worker_main, [(factory, kwargs, layout, first, n, raw, specs) for first, n in chunks])
         log.debug("started %d PettingZoo workers for %s", len(chunks), factory)
 
-    def call(self, cmd: str, arg: Any = None) -> dict[str, np.ndarray]:
-        """Send (cmd, arg) to every worker, wait for all, and return a copy of the shared outputs (FIELDS)."""
-        for conn in self.conns:
-            conn.send((cmd, arg))
-        self.gather()
+    def outputs(self) -> dict[str, np.ndarray]:
+        """A copy of the shared outputs (FIELDS -> [B,...])."""
         return {k: self.arrays[k].copy() for k in FIELDS}
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
-        return self.call("reset", seed)
+        self.call("reset", [seed] * len(self.conns))
+        return self.outputs()
 
     def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         """actions [B,N] int64 -> the outputs of all B copies."""
         self.arrays["actions"][:] = actions
-        return self.call("step")
-
-    def gather(self) -> None:
-        """One reply per worker; after reading all of them, raise RuntimeError for the first that failed."""
-        replies = [self.receive(w) for w in range(len(self.conns))]
-        for w, (status, payload) in enumerate(replies):
-            if status != "ok":
-                first, n = self.chunks[w]
-                raise RuntimeError(f"PettingZoo worker {w} (envs {first}..{first + n - 1}) failed: {payload}")
-
-    def receive(self, w: int) -> tuple[str, Any]:
-        try:
-            return self.conns[w].recv()
-        except (EOFError, ConnectionError):
-            self.procs[w].join(CLOSE_TIMEOUT_S)
-            return "error", f"the process exited (exit code {self.procs[w].exitcode})"
-
-    def close(self) -> None:
-        """Ask every worker to stop; terminate the ones that do not within CLOSE_TIMEOUT_S."""
-        for conn in self.conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for conn, proc in zip(self.conns, self.procs):
-            proc.join(CLOSE_TIMEOUT_S)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-            conn.close()
-        self.conns, self.procs = [], []
-
-
-def start_context() -> Any:
-    """The multiprocessing context for workers: "forkserver" preloading this module (fast starts after the first,
-    the parent's torch state is never forked), else "spawn". Either way a script that starts workers needs an
-    ``if __name__ == "__main__":`` guard, and the main program cannot be read from stdin."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
-
-
-def chunk_sizes(num_envs: int, workers: int) -> list[tuple[int, int]]:
-    """(first copy, number of copies) per worker: contiguous chunks whose sizes differ by at most one."""
-    base, extra = divmod(num_envs, workers)
-    sizes = [base + (w < extra) for w in range(workers)]
-    firsts = np.cumsum([0] + sizes[:-1]).tolist()
-    return list(zip(firsts, sizes))
+        self.call("step", [None] * len(self.conns))
+        return self.outputs()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -552,11 +490,11 @@ class PettingZooVecEnv:
         finally:
             probe.close()
         self.group: CopyGroup | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: PettingZooPool | None = None
         if workers == 0:
             self.group = CopyGroup(factory, self.kwargs, self.layout, 0, num_envs)
         else:
-            self.pool = WorkerPool(factory, self.kwargs, self.layout, chunk_sizes(num_envs, workers))
+            self.pool = PettingZooPool(factory, self.kwargs, self.layout, chunk_sizes(num_envs, workers))
         self.avail: np.ndarray | None = None  # [B,N,A] bool of the last Step, to check actions
 
     def reset(self, seed: int | None = None) -> Step:
@@ -595,7 +533,7 @@ class PettingZooVecEnv:
         raise ValueError(f"step(): action {int(actions[b, i])} of agent {self.spec.agent_names[i]!r} in env {b} "
                          f"is not available; available: {allowed}")
 
-    def live_pool(self) -> WorkerPool:
+    def live_pool(self) -> PettingZooPool:
         if self.pool is None or not self.pool.conns:
             raise RuntimeError("PettingZooVecEnv is closed")
         return self.pool

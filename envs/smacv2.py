@@ -46,12 +46,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import multiprocessing as mp
 import os
 import random
 import signal
 import threading
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -62,6 +60,7 @@ import torch
 from torch import Tensor
 
 from envs.core import EnvSpec, EnvUnavailableError, Step, check_actions
+from envs.workers import WorkerPool, chunk_sizes, error_reply, serve, start_context
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +411,10 @@ class GameGroup:
                 "finished": np.asarray(finished, dtype=bool), "infos": infos,
                 "fresh": stack_games(fresh) if fresh else None}
 
+    def handle(self, cmd: str, arg: Any) -> Any:
+        """A worker command: ("reset", seeds or None) -> reset(); ("step", actions [G,N]) -> step()."""
+        return self.reset(arg) if cmd == "reset" else self.step(arg)
+
     def close(self) -> None:
         for game in self.games:
             game.close()
@@ -421,109 +424,43 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+def unavailable_or_error(cmd: str, e: Exception) -> tuple[str, str]:
+    """A worker's reply to a command (or "start") that raised `e`: ("unavailable", one line) when the game cannot
+    start (EnvUnavailableError), else ("error", the command, the exception and the traceback)."""
+    if isinstance(e, EnvUnavailableError):
+        return "unavailable", str(e)
+    return error_reply(cmd, e)
+
+
 def worker_main(conn: Any, factory: Callable[[int | None], Any], n_games: int) -> None:
-    """Worker loop: build a GameGroup, answer ("ok", env_info); then ("reset", seeds) / ("step", actions) /
-    ("close", None) with ("ok", result), ("error", text) or, when the game cannot start, ("unavailable", one line).
-    SIGTERM (what multiprocessing sends daemonic workers at exit) also closes the games, so no StarCraft II process
-    outlives its worker."""
-    group = None
+    """Worker loop (envs.workers.serve): build a GameGroup, answer ("ok", env_info); then ("reset", seeds) /
+    ("step", actions) / ("close", None) with ("ok", result), ("error", text) or, when the game cannot start,
+    ("unavailable", one line). SIGTERM (what multiprocessing sends daemonic workers at exit) also closes the games,
+    so no StarCraft II process outlives its worker."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        group = GameGroup(factory, n_games)
-        conn.send(("ok", group.env_info()))
-        while True:
-            cmd, arg = conn.recv()
-            if cmd == "close":
-                break
-            try:
-                conn.send(("ok", group.reset(arg) if cmd == "reset" else group.step(arg)))
-            except EnvUnavailableError as e:
-                conn.send(("unavailable", str(e)))
-            except Exception as e:  # raised in the main process
-                conn.send(("error", error_text(cmd, e)))
-    except (EOFError, KeyboardInterrupt, BrokenPipeError):
-        pass
-    except EnvUnavailableError as e:
-        conn.send(("unavailable", str(e)))
-    except Exception as e:
-        conn.send(("error", error_text("start", e)))
-    finally:
-        if group is not None:
-            group.close()
-        conn.close()
+    serve(conn, lambda: GameGroup(factory, n_games), hello=GameGroup.env_info, reply_to_error=unavailable_or_error)
 
 
-def error_text(cmd: str, e: BaseException) -> str:
-    """One line naming the command and the exception, then the worker's traceback."""
-    return f"{cmd}(): {type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e))
+class SMACv2Pool(WorkerPool):
+    """W "spawn" processes, worker w owning games chunks[w]; call() sends to all, then gathers from all. A worker
+    whose game cannot start raises EnvUnavailableError here."""
 
-
-def chunk_sizes(num_envs: int, workers: int) -> list[tuple[int, int]]:
-    """(first game, number of games) per worker: contiguous chunks whose sizes differ by at most one."""
-    base, extra = divmod(num_envs, workers)
-    sizes = [base + (w < extra) for w in range(workers)]
-    return [(sum(sizes[:w]), sizes[w]) for w in range(workers)]
-
-
-class WorkerPool:
-    """W "spawn" processes, worker w owning games chunks[w]; call() sends to all, then gathers from all."""
+    label = "SMACv2"
+    unit = "games"
+    close_timeout_s = CLOSE_TIMEOUT_S
 
     def __init__(self, factory: Callable[[int | None], Any], chunks: list[tuple[int, int]]) -> None:
-        ctx = mp.get_context("spawn")
-        self.chunks, self.conns, self.procs = chunks, [], []
-        for w, (_, n) in enumerate(chunks):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, factory, n), daemon=True, name=f"smacv2-worker-{w}")
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        try:
-            self.env_infos = self.gather()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(chunks)
+        self.env_infos = self.start(start_context(), worker_main, [(factory, n) for _, n in chunks],
+                                    name="smacv2-worker")
 
-    def call(self, cmd: str, args: Sequence[Any]) -> list[Any]:
-        """Send (cmd, args[w]) to every worker, then return their results in worker order."""
-        for conn, arg in zip(self.conns, args):
-            conn.send((cmd, arg))
-        return self.gather()
-
-    def gather(self) -> list[Any]:
-        """One reply per worker; after reading all, raise for the first that failed (EnvUnavailableError when the
-        game cannot start, else RuntimeError with the worker's traceback)."""
-        replies = [self.receive(w) for w in range(len(self.conns))]
-        for w, (status, payload) in enumerate(replies):
-            if status == "unavailable":
-                raise EnvUnavailableError(payload)
-            if status != "ok":
-                first, n = self.chunks[w]
-                raise RuntimeError(f"SMACv2 worker {w} (games {first}..{first + n - 1}) failed: {payload}")
-        return [payload for _, payload in replies]
-
-    def receive(self, w: int) -> tuple[str, Any]:
-        try:
-            return self.conns[w].recv()
-        except (EOFError, ConnectionError):
-            self.procs[w].join(CLOSE_TIMEOUT_S)
-            return "error", f"the process exited (exit code {self.procs[w].exitcode})"
-
-    def close(self) -> None:
-        """Ask every worker to close its games and stop; terminate the ones still running after CLOSE_TIMEOUT_S."""
-        for conn in self.conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for conn, proc in zip(self.conns, self.procs):
-            proc.join(CLOSE_TIMEOUT_S)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-            conn.close()
-        self.conns, self.procs = [], []
+    def failure(self, w: int, status: str, payload: Any) -> Exception:
+        """EnvUnavailableError (the worker's one line) when the game cannot start, else RuntimeError with the
+        worker's traceback."""
+        if status == "unavailable":
+            return EnvUnavailableError(payload)
+        return super().failure(w, status, payload)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -576,7 +513,7 @@ class SMACv2VecEnv:
     def _start(self, num_envs: int, device: torch.device, factory: Callable[[int | None], Any], workers: int) -> None:
         self.num_envs, self.device = num_envs, device
         self._chunks = chunk_sizes(num_envs, workers)
-        self._pool = WorkerPool(factory, self._chunks)
+        self._pool = SMACv2Pool(factory, self._chunks)
         infos = self._pool.env_infos
         self.spec = spec_from_env_info(infos[0])
         for w, info in enumerate(infos[1:], start=1):
