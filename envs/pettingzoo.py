@@ -21,16 +21,20 @@ How one copy's agent-keyed dicts become the batched Step (envs.core):
 - Episode stats: "return" = sum over time of the mean reward over the N agents, "length" = steps.
 - Seeding: reset(seed) resets copy b with seed + b, so a run is reproducible and the same with or without workers.
 
-Workers: ``workers=W >= 1`` splits the B copies into W contiguous chunks, one per process, started from a
-"forkserver" that preloads this module (so no torch state of the caller is forked; "spawn" where there is none).
-The workers write one numpy array per field straight into arrays [B,...] in shared memory (their own rows) and read
-their actions from a shared [B,N] array; the pipes carry only the commands and the replies, so a step costs the main
-process two small messages per worker and one copy per field. An exception in a worker is raised in the main
-process as RuntimeError carrying the worker's message and traceback.
-Env-only throughput on simple_spread (random available actions, 2 CPU cores, blocks without other load): B=16
-3,200 env-steps/s in-process vs 5,000-5,200 with workers=2 (x1.55-1.63); B=64 3,200 vs 5,200-5,800 (x1.65-1.77).
-Two independent processes reach x2.0 on the same cores; the gap is the per-step round trip (~0.3 ms) and waiting
-for the slower worker. When other programs keep the cores busy, workers gain nothing (x0.8-1.1 measured).
+Workers: ``workers=W >= 2`` splits the B copies into W contiguous chunks (envs.workers.chunk_sizes) stepped
+concurrently: the first W-1 by worker processes started from a "forkserver" that preloads this module (so no torch
+state of the caller is forked; "spawn" where there is none), the last one by this process while it waits for them
+(``workers`` 0 and 1 both step every copy in this process). So W=2 on 2 cores means 2 busy processes, not 3 (one
+mostly waiting). The workers write one numpy array per field straight into arrays [B,...] in shared memory (their own
+rows; the local chunk writes its rows there too) and read their actions from a shared [B,N] array; the pipes carry
+only the commands and the replies, so a step costs the main process two small messages per worker and one copy per
+field. An exception in a worker is raised in the main process as RuntimeError carrying the worker's message and
+traceback (before any exception of the local chunk, which is raised as it is, as in-process).
+Env-only throughput on simple_spread (random available actions, 2 CPU cores, blocks without other load): see
+README.md; with the main process stepping a chunk itself workers=2 reached x1.72 (B=16) / x1.82 (B=64) of
+in-process in the best of 3 short alternating runs (it was x1.45-1.5 with 2 worker processes and an idle main
+process), but single runs on a shared machine ranged x1.3-1.9. When other programs keep the cores busy, workers gain
+little.
 """
 from __future__ import annotations
 
@@ -417,37 +421,80 @@ def worker_main(conn: Any, factory: str, kwargs: dict, layout: Layout, first: in
 
 
 class PettingZooPool(WorkerPool):
-    """W processes, worker w holding copies chunks[w] = (first, n). The outputs (FIELDS) and the actions live in
-    shared arrays [B,...] (`arrays`); reset() / step() send a command to all workers, then wait for all of them."""
+    """W processes, worker w holding copies chunks[w] = (first, n), and optionally a share of copies `local` =
+    (first, n) after theirs that this process steps itself while the workers step theirs. The outputs (FIELDS) and the
+    actions live in shared arrays [B,...] (`arrays`); reset() / step() send a command to all workers, step the local
+    share, then wait for all workers (a worker's failure is raised before one of the local share)."""
 
     label = "PettingZoo"
     unit = "envs"
     close_timeout_s = CLOSE_TIMEOUT_S
 
-    def __init__(self, factory: str, kwargs: dict, layout: Layout, chunks: list[tuple[int, int]]) -> None:
+    def __init__(self, factory: str, kwargs: dict, layout: Layout, chunks: list[tuple[int, int]],
+                 local: tuple[int, int] | None = None) -> None:
         super().__init__(chunks)
         ctx = start_context([__name__])
-        num_envs = sum(n for _, n in chunks)
+        num_envs = sum(n for _, n in chunks) + (local[1] if local else 0)
         specs = {**field_specs(layout, num_envs), "actions": ((num_envs, len(layout.agents)), np.int64)}
         raw = shared_arrays(ctx, specs)
         self.arrays = numpy_views(raw, specs)
+        self.outs = {k: self.arrays[k] for k in FIELDS}
+        self.n_pooled = sum(n for _, n in chunks)
+        self.local: CopyGroup | None = None
+        self.local_views: dict[str, np.ndarray] = {}
+        if local is not None and local[1] > 0:
+            first, n = local
+            self.local = CopyGroup(factory, kwargs, layout, first, n)
+            self.local_views = {k: v[first:first + n] for k, v in self.outs.items()}
         # every worker built its envs (or raise its error)
-        self.start(ctx, worker_main, [(factory, kwargs, layout, first, n, raw, specs) for first, n in chunks])
-        log.debug("started %d PettingZoo workers for %s", len(chunks), factory)
+        try:
+            self.start(ctx, worker_main, [(factory, kwargs, layout, first, n, raw, specs) for first, n in chunks])
+        except BaseException:
+            self.close_local()
+            raise
+        log.debug("started %d PettingZoo workers for %s (%d copies stepped here)", len(chunks), factory,
+                  0 if self.local is None else len(self.local.envs))
 
     def outputs(self) -> dict[str, np.ndarray]:
         """A copy of the shared outputs (FIELDS -> [B,...])."""
-        return {k: self.arrays[k].copy() for k in FIELDS}
+        return {k: v.copy() for k, v in self.outs.items()}
+
+    def run(self, cmd: str, arg: Any, local: Callable[[], None]) -> dict[str, np.ndarray]:
+        """Send (cmd, arg) to every worker, run local() meanwhile, then gather the workers (raising the first worker
+        failure, else local()'s exception) and return the outputs."""
+        for conn in self.conns:
+            conn.send((cmd, arg))
+        error: Exception | None = None
+        if self.local is not None:
+            try:
+                local()
+            except Exception as e:  # raised after the workers' replies are read (theirs first)
+                error = e
+        self.gather()
+        if error is not None:
+            raise error
+        return self.outputs()
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
-        self.call("reset", [seed] * len(self.conns))
-        return self.outputs()
+        return self.run("reset", seed, lambda: self.local.reset(seed, self.local_views))
 
     def step(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         """actions [B,N] int64 -> the outputs of all B copies."""
-        self.arrays["actions"][:] = actions
-        self.call("step", [None] * len(self.conns))
-        return self.outputs()
+        n = self.n_pooled
+        self.arrays["actions"][:n] = actions[:n]
+        return self.run("step", None, lambda: self.local.step(actions[n:], self.local_views))
+
+    def close_local(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            self.local = None
+
+    def close(self) -> None:
+        """Stop the workers and close the local share; safe to call twice."""
+        try:
+            super().close()
+        finally:
+            self.close_local()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -459,7 +506,8 @@ class PettingZooVecEnv:
 
     factory: "package.module:callable" building one ParallelEnv from **kwargs (e.g.
     "mpe2.simple_spread_v3:parallel_env" with kwargs {"continuous_actions": False, "max_cycles": 25}).
-    workers: 0 runs the copies in this process; W >= 1 splits them over W worker processes (W <= B).
+    workers: 0 or 1 runs the copies in this process; W >= 2 splits them into W chunks, the first W-1 stepped by
+    worker processes and the last by this process at the same time (W <= B).
     episode_limit: our step limit (None: the env's own max_cycles / max_steps); capped by the env's own limit.
     """
 
@@ -491,10 +539,11 @@ class PettingZooVecEnv:
             probe.close()
         self.group: CopyGroup | None = None
         self.pool: PettingZooPool | None = None
-        if workers == 0:
+        if workers <= 1:
             self.group = CopyGroup(factory, self.kwargs, self.layout, 0, num_envs)
         else:
-            self.pool = PettingZooPool(factory, self.kwargs, self.layout, chunk_sizes(num_envs, workers))
+            chunks = chunk_sizes(num_envs, workers)  # the last chunk is stepped here
+            self.pool = PettingZooPool(factory, self.kwargs, self.layout, chunks[:-1], chunks[-1])
         self.avail: np.ndarray | None = None  # [B,N,A] bool of the last Step, to check actions
 
     def reset(self, seed: int | None = None) -> Step:

@@ -269,6 +269,34 @@ def test_workers_equal_in_process(factory, kwargs):
         pooled.close()
 
 
+def test_main_process_steps_the_last_chunk():
+    """workers=W: W-1 worker processes step the first chunks, this process the last one; uneven chunks (B=5, W=3)
+    still give exactly the in-process Steps; close() stops every worker; workers=1 is in-process."""
+    local = PettingZooVecEnv(5, "cpu", LISTENER, MPE, episode_limit=25)
+    pooled = PettingZooVecEnv(5, "cpu", LISTENER, MPE, workers=3, episode_limit=25)
+    try:
+        assert [n for _, n in pooled.pool.chunks] == [2, 2] and len(pooled.pool.procs) == 2
+        assert pooled.pool.local is not None and (pooled.pool.local.first, len(pooled.pool.local.envs)) == (4, 1)
+        a, b = local.reset(seed=5), pooled.reset(seed=5)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(30):
+            for name in STEP_TENSORS:
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+            assert all(torch.equal(a.episode[k], b.episode[k]) for k in a.episode)
+            actions = random_actions(a, g)
+            a, b = local.step(actions), pooled.step(actions)
+        procs = list(pooled.pool.procs)
+    finally:
+        pooled.close()
+        local.close()
+    assert not any(p.is_alive() for p in procs)
+    single = PettingZooVecEnv(2, "cpu", SPREAD, MPE, workers=1)
+    try:
+        assert single.pool is None and single.group is not None
+    finally:
+        single.close()
+
+
 def test_worker_error_reaches_main_process():
     env = PettingZooVecEnv(4, "cpu", LEAVING, {"fail_at": 2}, workers=2, episode_limit=10)
     try:
