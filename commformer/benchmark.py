@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 from envs.registry import make_env
 

@@ -124,11 +124,12 @@ class Logger:
             log.info(msg)
 
     def summary(self, lines: list[str]) -> None:
+        """The end-of-run lines, after the progress bar is closed."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         for line in lines:
-            if self.bar is not None:
-                self.bar.write(line)
-            else:
-                log.info(line)
+            log.info(line)
 
     def close(self) -> None:
         if self.bar is not None:

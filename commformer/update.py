@@ -14,7 +14,8 @@ from commformer.bilevel import Optimisers, split_columns, steps_graph
 from commformer.config import AlgoConfig
 from commformer.gates import gate_cost
 from commformer.policy import Agent
-from commformer.ppo import ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss, value_loss
+from commformer.ppo import (ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss,
+                            value_loss)
 from commformer.rollout import Rollout
 
 
@@ -25,6 +26,40 @@ def flat(x: Tensor | None, cols: Tensor | None) -> Tensor | None:
     if cols is not None:
         x = x[:, cols]
     return x.reshape(-1, *x.shape[2:])
+
+
+def minibatches(batch: dict[str, Tensor | None], n: int) -> list[dict[str, Tensor | None]]:
+    """The rows [R,...] of every tensor in `batch` split into n random minibatches (the whole batch when n == 1)."""
+    if n == 1:
+        return [batch]
+    rows = batch["obs"].shape[0]
+    if n > rows:
+        raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch (T*B)")
+    return [{k: None if v is None else v[idx] for k, v in batch.items()}
+            for idx in torch.randperm(rows, device=batch["obs"].device).chunk(n)]
+
+
+def minibatch_loss(agent: Agent, mb: dict[str, Tensor | None], vnorm: ValueNorm | None, algo: AlgoConfig,
+                   upper: bool, gate_on: bool) -> tuple[Tensor, dict[str, float], float]:
+    """PPO loss of one minibatch (rows R: obs [R,N,O], ...) -> (loss, diagnostics, max ratio)."""
+    active = mb["active"]
+    tgt = mb["targets"]
+    if vnorm is not None:  # the normaliser is updated on every minibatch
+        vnorm.update(tgt[active])
+        tgt = vnorm.normalize(tgt)
+    logp, entropy, value, p = agent.score(mb["obs"], mb["avail"], mb["alive"], mb["actions"], mb["graph"],
+                                          mb["noise"], mb["gate"], relax_graph=upper, relax_gate=gate_on)
+    pl, pstats = policy_loss(logp, mb["old_log_prob"], mb["advantages"], active, algo.clip)
+    vl = value_loss(value, mb["old_values"], tgt, active, algo.clip, algo.huber_delta)
+    ent = masked_mean(entropy, active)
+    loss = pl + algo.value_coef * vl - algo.entropy_coef * ent
+    stats = {"loss/policy": float(pl.detach()), "loss/value": float(vl.detach()), "loss/entropy": float(ent.detach()),
+             "loss/approx_kl": float(pstats["approx_kl"]), "loss/clip_fraction": float(pstats["clip_fraction"])}
+    if p is not None:
+        if gate_on and algo.comm_cost > 0:
+            loss = loss + algo.comm_cost * gate_cost(p, mb["alive"])
+        stats["comm/gate_p"] = float(masked_mean(p.detach(), mb["alive"]))
+    return loss, stats, float(pstats["ratio_max"])
 
 
 def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | None, algo: AlgoConfig,
@@ -48,35 +83,20 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
     for epoch in range(epochs):
         upper = steps_graph(ph, epoch, algo.arch_every)
         cols = upper_cols if upper else lower_cols
-        active = flat(ro.active, cols)
-        tgt = flat(targets, cols)
-        if vnorm is not None:
-            vnorm.update(tgt[active])
-            tgt = vnorm.normalize(tgt)
-        adv = normalize_advantages(flat(advantages, cols), active)
-        logp, entropy, value, p = agent.score(
-            flat(ro.obs, cols), flat(ro.avail, cols), flat(ro.alive, cols), flat(ro.actions, cols),
-            flat(ro.graph, cols), flat(ro.noise, cols), flat(ro.gate, cols) if gate_on else None,
-            relax_graph=upper, relax_gate=gate_on)
-        old_logp = flat(old_log_prob, cols)
-        pl, pstats = policy_loss(logp, old_logp, adv, active, algo.clip)
-        vl = value_loss(value, flat(ro.values, cols), tgt, active, algo.clip, algo.huber_delta)
-        ent = masked_mean(entropy, active)
-        loss = pl + algo.value_coef * vl - algo.entropy_coef * ent
-        if p is not None and gate_on and algo.comm_cost > 0:
-            loss = loss + algo.comm_cost * gate_cost(p, flat(ro.alive, cols))
-        norm = opt.step(loss, upper, algo.max_grad_norm)
-        if first_ratio is None:
-            first_ratio = float(pstats["ratio_max"])
-        level = "graph" if upper else "network"
-        stats["loss/policy"].append(float(pl.detach()))
-        stats["loss/value"].append(float(vl.detach()))
-        stats["loss/entropy"].append(float(ent.detach()))
-        stats[f"loss/grad_norm_{level}"].append(norm)
-        stats["loss/approx_kl"].append(float(pstats["approx_kl"]))
-        stats["loss/clip_fraction"].append(float(pstats["clip_fraction"]))
-        if p is not None:
-            stats["comm/gate_p"].append(float(masked_mean(p.detach(), flat(ro.alive, cols))))
+        batch = {"obs": flat(ro.obs, cols), "avail": flat(ro.avail, cols), "alive": flat(ro.alive, cols),
+                 "actions": flat(ro.actions, cols), "graph": flat(ro.graph, cols), "noise": flat(ro.noise, cols),
+                 "gate": flat(ro.gate, cols) if gate_on else None, "active": flat(ro.active, cols),
+                 "targets": flat(targets, cols), "old_values": flat(ro.values, cols),
+                 "old_log_prob": flat(old_log_prob, cols)}
+        batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
+        for mb in minibatches(batch, algo.minibatches):
+            loss, mstats, ratio_max = minibatch_loss(agent, mb, vnorm, algo, upper, gate_on)
+            norm = opt.step(loss, upper, algo.max_grad_norm)
+            if first_ratio is None:
+                first_ratio = ratio_max
+            mstats[f"loss/grad_norm_{'graph' if upper else 'network'}"] = norm
+            for k, v in mstats.items():
+                stats[k].append(v)
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["loss/first_epoch_ratio_max"] = first_ratio if first_ratio is not None else float("nan")
     with torch.no_grad():
