@@ -124,12 +124,15 @@ class Logger:
             log.info(msg)
 
     def summary(self, lines: list[str]) -> None:
-        """The end-of-run lines, after the progress bar is closed."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        """The end-of-run lines, after the progress bar is closed (plain lines beside a bar, else logging)."""
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.close()
         for line in lines:
-            log.info(line)
+            if bar is not None:
+                bar.write(line)
+            else:
+                log.info(line)
 
     def close(self) -> None:
         if self.bar is not None:
