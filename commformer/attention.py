@@ -81,7 +81,8 @@ class RelationAttention(nn.Module):
 
     def values(self, x: Tensor) -> Tensor:
         """Output of attending to one key only (weight 1 on it): out(v(x)). x [...,H] -> [...,H]."""
-        return self.out(self.kv(x)[..., self.kv.out_features // 2:])
+        h = self.kv.out_features // 2
+        return self.out(torch.nn.functional.linear(x, self.kv.weight[h:], self.kv.bias[h:]))
 
 
 class EncoderLayer(nn.Module):

@@ -4,7 +4,7 @@ T rollout length, B envs, N agents, O obs width, A actions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -53,9 +53,6 @@ class Rollout:
         raw = denormalize(self.values)
         nxt = torch.cat([raw[1:], self.last_values[None]], dim=0)
         return torch.where(self.truncated[..., None], self.final_values, nxt)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 class Collector:
