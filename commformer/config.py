@@ -3,6 +3,10 @@ config once with `load_config`. Values live in conf/*.yaml; these dataclasses ar
 """
 from __future__ import annotations
 
+import ast
+import inspect
+import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -11,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from commformer.graph import GRAPH_MODES
+from commformer.method.graph import GRAPH_MODES
 
 BILEVEL_MODES = ("alternate", "split")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -26,8 +30,8 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive(name: str, value: float) -> None:
-    _check(value > 0, f"{name}={value}; must be > 0")
+def _positive_finite(name: str, value: float) -> None:
+    _check(0 < value < math.inf, f"{name}={value}; must be > 0 and finite")
 
 
 def _fraction(name: str, value: float, low_open: bool = True) -> None:
@@ -35,57 +39,109 @@ def _fraction(name: str, value: float, low_open: bool = True) -> None:
     _check(ok, f"{name}={value}; must be in {'(0, 1]' if low_open else '[0, 1]'}")
 
 
+def split_sizes(num_envs: int, fraction: float) -> tuple[int, int]:
+    """(upper, lower) env-column counts of algo.bilevel=split: max(1, round(f*B)) held out, at least one left."""
+    n_up = min(max(1, round(fraction * num_envs)), num_envs - 1)
+    return n_up, num_envs - n_up
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its description}: the string literal under each field of a config dataclass (its one home; the
+    `--help` text and the README's key tables are made from it)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 @dataclass
 class AlgoConfig:
-    """CommFormer and its baselines (graph = learned | full | none | random; gate on or off)."""
+    """CommFormer and its baselines (graph = learned | full | none | random; gate on or off). The defaults are the
+    `commformer` preset (conf/algo/commformer.yaml); the other presets set only what differs."""
 
     name: str = "commformer"
+    """preset name (labels the run)"""
     graph: str = "learned"
+    """communication graph: learned | full | none | random (a fixed k-hot drawn from the seed)"""
     sparsity: float = 0.4
+    """S: fraction of the other agents each receiver keeps, k = min(max(floor(S*N), 1), N-1)"""
     graph_lr: float = 1e-2
+    """Adam learning rate of alpha (the upper level)"""
     tau: float = 1.0
+    """Gumbel-softmax temperature of the straight-through gradient (does not change which graph is sampled)"""
     decoder_graph_grad: bool = False
+    """also send the graph's gradient through the decoder's action mask D (false: only the encoder's w * M)"""
     hidden: int = 64
+    """width of every layer (paper: 64)"""
     heads: int = 1
+    """attention heads (paper: 1); must divide hidden"""
     layers: int = 1
+    """encoder layers (paper: 1)"""
     dropout: float = 0.0
+    """dropout (0 keeps the PPO ratio exact between rollout and update)"""
     gate: bool = False
+    """the temporal gate (our design, REFERENCE.md 5): each agent decides per step whether to receive"""
     gate_lr: float = 5e-4
+    """Adam learning rate of the gate's parameters"""
     gate_init_p: float = 0.9
+    """initial probability that a gate is open"""
     comm_cost: float = 0.0
+    """loss weight of the mean gate-open probability (with gate=true)"""
     lr: float = 5e-4
+    """Adam learning rate of the network (the lower level)"""
     adam_eps: float = 1e-5
+    """Adam epsilon of both optimisers"""
     clip: float = 0.2
+    """PPO clip epsilon (policy ratio and value clip)"""
     value_coef: float = 1.0
+    """value-loss weight"""
     entropy_coef: float = 0.01
+    """entropy-bonus weight"""
     huber_delta: float = 10.0
+    """Huber delta of the value loss"""
     value_norm: bool = True
+    """running value normaliser of the value targets"""
     gamma: float = 0.99
+    """discount"""
     gae_lambda: float = 0.95
+    """GAE lambda"""
     max_grad_norm: float = 10.0
+    """gradient-norm clip (each optimiser clips its own parameters)"""
     minibatches: int = 1
+    """minibatches per PPO epoch (each level splits the rows it gets)"""
     arch_every: int = 5
+    """alpha steps on every arch_every-th PPO epoch, the network on the others"""
     bilevel: str = "alternate"
+    """alternate (both levels on the same data, as released) | split (held-out env columns for the upper level)"""
     split_fraction: float = 0.25
+    """fraction of env columns held out for the upper level with bilevel=split"""
     warmup_iters: int = 10
+    """iterations on the full graph (gates open) before alpha learns"""
     freeze_fraction: float = 1.0
+    """fraction of training after which alpha freezes and top-k(alpha) acts (1.0: never)"""
 
     def __post_init__(self) -> None:
         _check(self.graph in GRAPH_MODES, f"algo.graph={self.graph!r}; allowed: {list(GRAPH_MODES)}")
         _fraction("algo.sparsity", self.sparsity)
         _check(self.bilevel in BILEVEL_MODES, f"algo.bilevel={self.bilevel!r}; allowed: {list(BILEVEL_MODES)}")
         for key in ("graph_lr", "tau", "lr", "adam_eps", "gate_lr", "max_grad_norm", "huber_delta"):
-            _positive(f"algo.{key}", getattr(self, key))
+            _positive_finite(f"algo.{key}", getattr(self, key))
         for key in ("hidden", "heads", "layers", "minibatches"):
             _check(getattr(self, key) >= 1, f"algo.{key}={getattr(self, key)}; must be >= 1")
         _check(self.hidden % self.heads == 0,
                f"algo.hidden={self.hidden}; must be divisible by algo.heads={self.heads}")
         _check(0.0 <= self.dropout < 1.0, f"algo.dropout={self.dropout}; must be in [0, 1)")
-        _check(0.0 < self.gate_init_p < 1.0, f"algo.gate_init_p={self.gate_init_p}; must be in (0, 1)")
-        _check(self.comm_cost >= 0, f"algo.comm_cost={self.comm_cost}; must be >= 0")
+        _check(0.003 <= self.gate_init_p <= 0.997,
+               f"algo.gate_init_p={self.gate_init_p}; must be in [0.003, 0.997] (the gate's logit is bounded to +-6)")
+        _check(0 <= self.comm_cost < math.inf, f"algo.comm_cost={self.comm_cost}; must be >= 0 and finite")
         _check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
         for key in ("value_coef", "entropy_coef"):
-            _check(getattr(self, key) >= 0, f"algo.{key}={getattr(self, key)}; must be >= 0")
+            value = getattr(self, key)
+            _check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
         _fraction("algo.gamma", self.gamma)
         _fraction("algo.gae_lambda", self.gae_lambda, low_open=False)
         _check(0.0 < self.split_fraction < 1.0, f"algo.split_fraction={self.split_fraction}; must be in (0, 1)")
@@ -100,16 +156,25 @@ class AlgoConfig:
 
 @dataclass
 class LoggerConfig:
-    """Where the run is recorded: metrics.csv always; wandb (offline by default); optional TensorBoard."""
+    """Where the run is recorded: metrics.csv always; wandb (offline by default); optional TensorBoard. The defaults
+    are conf/logger/default.yaml; `logger=quiet` turns wandb and the progress bar off."""
 
     wandb: str = "offline"
+    """wandb mode: offline (files in the run folder; `wandb sync` later) | online | disabled"""
     project: str = "commformer"
+    """wandb project"""
     entity: Optional[str] = None
+    """wandb entity (null: your default)"""
     group: Optional[str] = None
+    """wandb group"""
     tags: List[str] = field(default_factory=list)
+    """wandb tags"""
     tensorboard: bool = False
+    """also write TensorBoard event files (needs the [tensorboard] extra)"""
     progress: bool = True
+    """progress bar with ETA and live return/success"""
     console_every: int = 10
+    """console summary every this many iterations (and at every evaluation)"""
 
     def __post_init__(self) -> None:
         _check(self.wandb in WANDB_MODES, f"logger.wandb={self.wandb!r}; allowed: {list(WANDB_MODES)}")
@@ -118,25 +183,44 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    """One run. Budget and batch: iterations = ceil(total_env_steps / (num_envs * rollout_length))."""
+    """One run. Budget and batch: iterations = ceil(total_env_steps / (num_envs * rollout_length)). The defaults of
+    every key live here; conf/config.yaml picks the groups (env=pp, algo=commformer, logger=default)."""
 
     env: Dict[str, Any] = field(default_factory=dict)
+    """the env config (conf/env/<name>.yaml): name, family and the family's constructor keys"""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """the algorithm (conf/algo/<preset>.yaml)"""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """where the run is recorded (conf/logger/<name>.yaml)"""
     total_env_steps: int = 200_000
+    """training budget in env steps (one env step = one transition of one env, all agents acting)"""
     num_envs: int = 32
+    """parallel training envs (B)"""
     rollout_length: int = 40
+    """steps per env per iteration (T); an iteration = T*B env steps + one PPO update"""
     ppo_epochs: int = 10
+    """PPO epochs per iteration (a learned graph needs >= algo.arch_every)"""
     seed: int = 1
+    """seeds the model, the graph, the envs and every sampler"""
     device: str = "cpu"
+    """cpu | cuda | cuda:<index>"""
     torch_threads: int = 1
+    """torch threads (1: on small machines more threads slow down when another process is busy)"""
     resume: Optional[str] = None
+    """a checkpoint file or run folder to continue from (null: start fresh)"""
     eval_every: int = 20
+    """evaluate every this many iterations (and once at the end)"""
     eval_episodes: Optional[int] = None
+    """evaluation episodes (null: the env's eval_episodes)"""
     eval_envs: Optional[int] = None
+    """eval env copies, each running ceil(eval_episodes / eval_envs) episodes (null: the env's eval_envs, else one
+    per episode)"""
     eval_at_start: bool = False
+    """also evaluate the untrained policy (a row with iteration 0), for before/after comparisons"""
     checkpoint_every: int = 50
+    """write checkpoints/last.pt every this many iterations (and at the end)"""
     run_dir: Optional[str] = None
+    """the run folder (null: Hydra's output folder)"""
 
     def __post_init__(self) -> None:
         _check("family" in self.env and "name" in self.env,
@@ -159,6 +243,35 @@ class Config:
                 _check(self.num_envs >= 2, f"num_envs={self.num_envs}; algo.bilevel=split needs >= 2 env columns")
         elif a.bilevel == "split":
             warnings.warn(f"algo.bilevel=split is ignored: algo.graph={a.graph!r} has no alpha", stacklevel=2)
+        for level, rows in self.level_rows.items():
+            _check(a.minibatches <= rows,
+                   f"algo.minibatches={a.minibatches}; must be <= the {rows} rows the {level} gets per epoch "
+                   f"({self.rows_text(level)})")
+
+    @property
+    def split_columns(self) -> tuple[int, int]:
+        """(upper, lower) env-column counts with algo.bilevel=split (split_sizes)."""
+        return split_sizes(self.num_envs, self.algo.split_fraction)
+
+    @property
+    def level_rows(self) -> dict[str, int]:
+        """Rows (T * env columns) each level's PPO epochs see: {"network": ..., "graph": ...} (graph only when alpha
+        learns). In split mode the bi-level phase gives each level its own columns; warm-up uses all T*B."""
+        T, B = self.rollout_length, self.num_envs
+        if self.algo.graph != "learned":
+            return {"network": T * B}
+        if self.algo.bilevel == "split" and B >= 2:
+            up, low = self.split_columns
+            return {"network": T * low, "graph": T * up}
+        return {"network": T * B, "graph": T * B}
+
+    def rows_text(self, level: str) -> str:
+        T = self.rollout_length
+        if self.algo.graph == "learned" and self.algo.bilevel == "split" and self.num_envs >= 2:
+            up, low = self.split_columns
+            cols = up if level == "graph" else low
+            return f"rollout_length={T} x {cols} of num_envs={self.num_envs} columns with algo.bilevel=split"
+        return f"rollout_length={T} x num_envs={self.num_envs}"
 
     @property
     def batch_env_steps(self) -> int:
@@ -182,8 +295,12 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore (name "config_schema")."""
+    """Register the schema in Hydra's ConfigStore (name "config_schema", the first entry of conf/config.yaml's
+    defaults list). Done on import of this module, so every compose (scripts, tests, the benchmark) finds it."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+register_configs()
 
 
 def load_config(cfg: DictConfig | dict) -> Config:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from commformer.scripts_impl import evaluate_main  # noqa: E402
+from commformer.analysis.reevaluate import evaluate_main  # noqa: E402
 
 if __name__ == "__main__":
     evaluate_main(sys.argv[1:])

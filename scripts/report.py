@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from commformer.scripts_impl import report_main  # noqa: E402
+from commformer.analysis.report import report_main  # noqa: E402
 
 if __name__ == "__main__":
     report_main(sys.argv[1:])

@@ -13,10 +13,10 @@ import yaml
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from commformer.config import Config, load_config
-from commformer.graph import CommGraph
-from commformer.model import CommFormer, ModelShape
-from commformer.policy import Agent
+from commformer.config import AlgoConfig, Config, load_config
+from commformer.method.graph import CommGraph
+from commformer.method.model import CommFormer, ModelShape
+from commformer.method.policy import Agent
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -64,7 +64,8 @@ def make_agent(n_agents: int = 4, obs_dim: int = 6, n_actions: int = 5, mode: st
     """A small Agent with its action heads re-initialised at `head_std` (the default init is near zero, which makes
     dependence checks between agents numerically weak)."""
     torch.manual_seed(seed)
-    model = CommFormer(ModelShape(n_agents, obs_dim, n_actions, hidden=16, heads=2, layers=layers, gate=gate))
+    model = CommFormer(ModelShape.of(n_agents, obs_dim, n_actions,
+                                     AlgoConfig(hidden=16, heads=2, layers=layers, gate=gate)))
     with torch.no_grad():
         model.head_w.normal_(0.0, head_std)
     return Agent(model, CommGraph(n_agents, mode, sparsity, seed=seed))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from core_utils import make_config, signal_env
 
-from commformer.bilevel import Optimisers, acting_choices, phase, split_columns, steps_graph
+from commformer.training.bilevel import Optimisers, choices, phase, split_columns, steps_graph
 from commformer.config import AlgoConfig
-from commformer.trainer import Trainer, build_agent
-from commformer.update import ppo_update
+from commformer.training.trainer import Trainer, build_agent
+from commformer.training.update import ppo_update
 
 # ---- schedule -----------------------------------------------------------------------------------------------------
 
@@ -27,10 +27,27 @@ def test_phase_without_alpha():
 
 
 def test_acting_choices():
-    assert acting_choices("warmup") == ("full", "open")
-    assert acting_choices("bilevel") == ("sample", "sample")
-    assert acting_choices("fixed") == ("sample", "sample")
-    assert acting_choices("frozen") == ("deterministic", "sample")
+    assert choices("warmup", evaluating=False) == ("full", "open")
+    assert choices("bilevel", evaluating=False) == ("sample", "sample")
+    assert choices("fixed", evaluating=False) == ("sample", "sample")
+    assert choices("frozen", evaluating=False) == ("deterministic", "sample")
+
+
+def test_evaluation_choices():
+    assert choices("warmup", evaluating=True) == ("full", "open")
+    for ph in ("bilevel", "fixed", "frozen"):
+        assert choices(ph, evaluating=True) == ("deterministic", "threshold")
+    with pytest.raises(ValueError, match="'warm'"):
+        choices("warm", evaluating=False)
+
+
+def test_unknown_graph_or_gate_choice_is_an_error():
+    from commformer.method.policy import gate_choice, graph_choice
+
+    with pytest.raises(ValueError, match=r"graph choice 'sampel'; allowed: \['sample', 'full', 'deterministic'\]"):
+        graph_choice("sampel")
+    with pytest.raises(ValueError, match="gate choice 'shut'"):
+        gate_choice("shut")
 
 
 def test_steps_graph_pattern():
@@ -80,7 +97,7 @@ def trainer_with_rollout(tmp_path, ph="bilevel", **algo):
     """A Trainer on the signal game (8 envs x 4 steps, 10 PPO epochs) and one collected rollout."""
     cfg = make_config(tmp_path, num_envs=8, rollout_length=4, ppo_epochs=10, algo={"arch_every": 5, **algo})
     tr = Trainer(cfg, tmp_path)
-    graph_how, gate_how = acting_choices(ph)
+    graph_how, gate_how = choices(ph, evaluating=False)
     ro = tr.collector.collect(tr.agent, graph_how, gate_how, tr.vnorm.denormalize)
     return tr, ro
 
@@ -155,10 +172,38 @@ def test_first_epoch_uses_the_acting_graph(tmp_path, algo):
     assert all(abs(r - 1.0) < 1e-5 for r in ratios), ratios
 
 
-def test_first_epoch_ratio_is_exactly_one(tmp_path):
-    tr, _ = trainer_with_rollout(tmp_path, gate=True)
-    ratios = [tr.iterate()["loss/first_epoch_ratio_max"] for _ in range(3)]
-    assert ratios == [1.0, 1.0, 1.0]
+def test_acting_log_prob_gap_is_tiny_on_the_stored_graph_and_large_on_another(tmp_path):
+    """loss/acting_log_prob_gap compares the rollout's acting log-probs with the update's pass over the stored graph:
+    a rounding unit when they agree, large when the stored graph is not the one that acted."""
+    gaps = []
+    for _ in range(3):
+        tr, ro = trainer_with_rollout(tmp_path, gate=True)
+        gaps.append(ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"])
+    assert max(gaps) < 1e-5, gaps
+    tr, ro = trainer_with_rollout(tmp_path, gate=True)
+    T, B, N, _ = ro.graph.shape
+    fresh, _ = tr.agent.graph.sample(T * B, torch.Generator().manual_seed(123))  # a wrong graph: a fresh sample
+    assert not torch.equal(fresh.view_as(ro.graph), ro.graph)
+    ro.graph = fresh.view_as(ro.graph)
+    wrong = ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"]
+    assert wrong > 1e-3, wrong
+
+
+def test_split_mode_updates_the_value_normaliser_from_lower_level_columns_only(tmp_path, monkeypatch):
+    """bilevel=split: the upper level's held-out columns never reach the value normaliser (REFERENCE.md 3)."""
+    tr, ro = trainer_with_rollout(tmp_path, bilevel="split", split_fraction=0.25)
+    seen = []
+    original = tr.vnorm.update
+    monkeypatch.setattr(tr.vnorm, "update", lambda x: (seen.append(x.numel()), original(x)))
+    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    T, B, N = ro.alive.shape  # 4 x 8 x 4; columns 6, 7 are held out; arch_every 5: epochs 4, 9 are upper
+    lower_entries = int(ro.active[:, :6].sum())
+    assert seen == [lower_entries] * 8  # 8 lower-level epochs, one minibatch each; no upper-level update
+    seen.clear()
+    tr2, ro2 = trainer_with_rollout(tmp_path / "alt", bilevel="alternate")
+    monkeypatch.setattr(tr2.vnorm, "update", lambda x: seen.append(x.numel()))
+    ppo_update(tr2.agent, ro2, tr2.opt, tr2.vnorm, tr2.cfg.algo, 10, "bilevel")
+    assert len(seen) == 10  # alternate: both levels see the same batch, every epoch updates it
 
 
 def test_relaxed_graph_gives_the_same_log_probs(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from core_utils import make_config, state_equal
 
-from commformer.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from commformer.trainer import Trainer
+from commformer.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from commformer.training.trainer import Trainer
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from commformer.graph import (CommGraph, decoder_mask, messages_per_step, num_senders, receive_mask, topk_hot)
+from commformer.method.graph import (CommGraph, decoder_mask, messages_per_step, num_senders, receive_mask, topk_hot)
 
 # (N, S, k) with k = min(max(floor(S*N), 1), N-1), worked out by hand.
 K_CASES = [
@@ -155,7 +155,7 @@ def test_full_graph_for_warmup():
 
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match=r"algo.graph='foo'.*learned"):
-        CommGraph(3, "foo")
+        CommGraph(3, "foo", 0.4)
 
 
 def decoder_mask_loop(m: torch.Tensor) -> torch.Tensor:
@@ -207,7 +207,7 @@ def test_margins():
 def test_margins_are_nan_without_a_choice():
     assert torch.isnan(CommGraph(3, "learned", 1.0).margins()).all()  # k = N-1: learned == full
     assert torch.isnan(CommGraph(5, "full", 0.4).margins()).all()
-    assert CommGraph(5, "none").margins().shape == (5,)
+    assert CommGraph(5, "none", 0.4).margins().shape == (5,)
 
 
 def test_messages_per_step():

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from commformer.config import load_config
-from commformer.trainer import Trainer
+from commformer.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -7,7 +7,7 @@ import pytest
 from core_utils import read_csv
 
 from commformer.config import LoggerConfig
-from commformer.logger import CsvWriter, Logger
+from commformer.training.logger import CsvWriter, Logger
 
 
 def quiet(**over) -> LoggerConfig:

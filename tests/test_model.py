@@ -9,8 +9,8 @@ import pytest
 import torch
 from core_utils import action_log_probs, make_agent, random_inputs
 
-from commformer.gates import straight_through_gate
-from commformer.graph import receive_mask
+from commformer.method.gates import straight_through_gate
+from commformer.method.graph import receive_mask
 
 N, O, A, B = 5, 6, 4, 8
 # A k = 2 graph (receiver i = row, senders = columns), no self-loops.
@@ -294,3 +294,43 @@ def test_gate_starts_open():
     obs, avail, alive, _ = random_inputs(B, N, O, A)
     out = act(agent, obs, avail, alive)
     torch.testing.assert_close(out.gate_prob, torch.full((B, N), 0.9))
+
+
+def gate_from_raw_logit(z: float):
+    """A TemporalGate whose raw output (before the soft bound) is z for every input."""
+    from commformer.method.gates import TemporalGate
+
+    gate = TemporalGate(8, init_p=0.9)
+    with torch.no_grad():
+        gate.net[2].bias.fill_(z)
+    return gate
+
+
+def test_gate_slope_stays_above_adams_epsilon_at_extreme_logits():
+    """p = sigmoid(6 tanh(z/6)): at a raw logit of +-14 the slope dp/dz is ~1e-4, far above Adam's eps (1e-5);
+    an unbounded sigmoid would have ~8e-7 there and stick."""
+    h = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(0))
+    for z in (-14.0, 14.0):
+        gate = gate_from_raw_logit(z)
+        p = gate(h)
+        assert 0.002 < float(p.min()) and float(p.max()) < 0.998
+        p.sum().backward()
+        slope = float(gate.net[2].bias.grad) / p.numel()
+        assert slope > 10 * 1e-5, slope
+
+
+def test_task_gradient_reopens_a_gate_closed_at_raw_logit_minus_14():
+    """A closed gate still gets the task's gradient through the straight-through interpolation; from a raw logit of
+    -14 it reopens under Adam at the default gate learning rate (5e-3 here: the rate at which gates saturated)."""
+    gate = gate_from_raw_logit(-14.0)
+    h = torch.randn(16, 3, 8, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(gate.parameters(), lr=5e-3, eps=1e-5)
+    closed = torch.zeros(16, 3, dtype=torch.bool)
+    assert float(gate(h).mean()) < 0.01
+    for _ in range(3000):
+        g = straight_through_gate(closed, gate(h))
+        loss = -g.mean()  # the task prefers receiving
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(gate(h).mean()) > 0.5

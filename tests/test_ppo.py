@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from commformer.ppo import (ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss,
+from commformer.training.ppo import (ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss,
                             value_loss)
 
 

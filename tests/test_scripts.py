@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from commformer import scripts_impl
+from commformer.analysis import reevaluate
 from commformer.config import load_config
-from commformer.scripts_impl import (EVAL_CSV_FIELDS, aggregate_rows, chunk_sizes, config_differences, evaluate_main,
-                                     final_value, report_main, resolve_choices)
-from commformer.stats import bootstrap_ci, iqm
+from commformer.analysis.reevaluate import EVAL_CSV_FIELDS, chunk_sizes, evaluate_main, resolve_choices
+from commformer.analysis.report import aggregate_rows, config_differences, report_main
+from commformer.analysis.runs import final_value
+from commformer.analysis.stats import bootstrap_ci, iqm
 
 ROOT = Path(__file__).resolve().parent.parent
 PP_TINY = {"name": "pp", "family": "predator_prey", "eval_episodes": 100, "dim": 5, "n_predators": 3, "vision": 1,
@@ -31,7 +32,7 @@ def tiny_config(**top):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 2-iteration CommFormer run on Predator-Prey 5x5: (run folder, its metrics.csv's last row)."""
-    from commformer.trainer import Trainer
+    from commformer.training.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny_pp"
     Trainer(tiny_config(), run_dir).train()
@@ -113,7 +114,7 @@ def test_evaluate_default_protocol_table_and_json(tiny_run, tmp_path, capsys):
 
 def test_evaluate_in_chunks_and_with_the_full_graph(tiny_run, tmp_path, monkeypatch, capsys):
     run_dir, _ = tiny_run
-    monkeypatch.setattr(scripts_impl, "MAX_CHUNK", 16)
+    monkeypatch.setattr(reevaluate, "MAX_CHUNK", 16)
     r = evaluate_main([str(run_dir), "--episodes", "40", "--graph", "full"])[0]
     assert r["chunks"] == [16, 16, 8] and len(r["per_episode"]["return"]) == 40
     assert r["graph"] == "full" and r["messages_per_step"] == 6.0  # every agent to both others

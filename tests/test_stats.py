@@ -1,8 +1,8 @@
-"""commformer.stats: the interquartile mean on hand cases and the (stratified) percentile bootstrap."""
+"""commformer.analysis.stats: the interquartile mean on hand cases and the (stratified) percentile bootstrap."""
 import numpy as np
 import pytest
 
-from commformer.stats import bootstrap_ci, iqm, mean, summarize
+from commformer.analysis.stats import bootstrap_ci, iqm, mean, summarize
 
 
 # ---- iqm ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from commformer.config import load_config
-from commformer.trainer import Trainer
+from commformer.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from core_utils import TINY_PP, make_config, read_csv, signal_env, state_equal, without_perf
 
-from commformer.trainer import Trainer
+from commformer.training.trainer import Trainer
 
 DOCUMENTED = ["iteration", "env_steps", "train/return", "eval/return", "eval/success", "eval/steps",
               "comm/messages_per_step", "loss/policy", "loss/value", "loss/entropy", "loss/approx_kl",

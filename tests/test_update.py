@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from commformer.trainer import Trainer
-from commformer.update import minibatches
+from commformer.training.trainer import Trainer
+from commformer.training.update import minibatches
 from core_utils import TINY_PP, make_config
 
 

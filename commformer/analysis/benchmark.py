@@ -14,21 +14,17 @@ from typing import Any
 import torch
 import yaml
 
-from envs.registry import make_env
+from commformer.analysis.tables import md_table
+from envs.core import random_available
+from envs.registry import family_unavailable, make_env
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def env_config(name: str, **over: Any) -> dict[str, Any]:
     cfg = yaml.safe_load((CONF / "env" / f"{name}.yaml").read_text())
     cfg.update(over)
     return cfg
-
-
-def random_available(avail: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A uniformly random available action per agent: avail [B,N,A] bool -> [B,N] long."""
-    u = torch.rand(avail.shape, generator=generator, device=avail.device)
-    return torch.where(avail, u, -1.0).argmax(-1)
 
 
 def env_throughput(cfg: dict[str, Any], num_envs: int, steps: int, device: str = "cpu") -> dict[str, float]:
@@ -58,7 +54,7 @@ def train_throughput(overrides: list[str], iterations: int) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
     from commformer.config import load_config
-    from commformer.trainer import Trainer
+    from commformer.training.trainer import Trainer
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides + ["logger=quiet"])
@@ -103,19 +99,8 @@ TRAIN_ROWS = [  # (label, overrides)
 
 
 def family_available(name: str) -> bool:
-    """False for SMAX without the [smax] extra and SMACv2 without StarCraft II (their rows are left out)."""
-    family = env_config(name)["family"]
-    if family == "smax":
-        import importlib.util
-
-        return importlib.util.find_spec("jaxmarl") is not None
-    return family != "smacv2" or bool(os.environ.get("SC2PATH"))
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    """False for families whose requirements are missing here (their rows are left out)."""
+    return family_unavailable(env_config(name)["family"]) is None
 
 
 def run_env_suite(quick: bool, device: str) -> str:

@@ -11,46 +11,60 @@ Graph modes other than learned have no alpha: every epoch steps the network.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
 
-from commformer.config import AlgoConfig
-from commformer.policy import Agent
-
-PHASES = ("fixed", "warmup", "bilevel", "frozen")
+from commformer.config import AlgoConfig, split_sizes
+from commformer.method.policy import Agent, GateChoice, GraphChoice
 
 
-def phase(iteration: int, total_iterations: int, algo: AlgoConfig) -> str:
-    """The schedule's phase at a 0-based iteration: fixed (no alpha) | warmup | bilevel | frozen."""
+class Phase(str, Enum):
+    """Where an iteration stands in the schedule."""
+
+    FIXED = "fixed"  # no alpha (graph full / none / random): every epoch steps the network
+    WARMUP = "warmup"  # the full graph, gates open, alpha still
+    BILEVEL = "bilevel"  # alpha on every arch_every-th epoch, the network on the others
+    FROZEN = "frozen"  # alpha still, the deterministic top-k graph acts
+
+
+def phase(iteration: int, total_iterations: int, algo: AlgoConfig) -> Phase:
+    """The schedule's phase at a 0-based iteration."""
     if algo.graph != "learned":
-        return "warmup" if (algo.gate and iteration < algo.warmup_iters) else "fixed"
+        return Phase.WARMUP if (algo.gate and iteration < algo.warmup_iters) else Phase.FIXED
     if iteration < algo.warmup_iters:
-        return "warmup"
+        return Phase.WARMUP
     if algo.freeze_fraction < 1.0 and iteration >= algo.freeze_fraction * total_iterations:
-        return "frozen"
-    return "bilevel"
+        return Phase.FROZEN
+    return Phase.BILEVEL
 
 
-def acting_choices(ph: str) -> tuple[str, str]:
-    """(graph_how, gate_how) for rollouts in a phase (see policy.GRAPH_CHOICES / GATE_CHOICES)."""
-    if ph == "warmup":
-        return "full", "open"
-    if ph == "frozen":
-        return "deterministic", "sample"
-    return "sample", "sample"
+def choices(ph: Phase | str, evaluating: bool) -> tuple[GraphChoice, GateChoice]:
+    """(graph, gate) choices of Agent.act in a phase, for rollouts (evaluating False) or evaluation (True).
+
+    warmup: the full graph with open gates either way. Otherwise evaluation uses top-k(alpha) (or the fixed graph)
+    and opens a gate when p > 0.5; rollouts sample both, except that a frozen graph acts deterministically."""
+    ph = Phase(ph)
+    if ph is Phase.WARMUP:
+        return GraphChoice.FULL, GateChoice.OPEN
+    if evaluating:
+        return GraphChoice.DETERMINISTIC, GateChoice.THRESHOLD
+    if ph is Phase.FROZEN:
+        return GraphChoice.DETERMINISTIC, GateChoice.SAMPLE
+    return GraphChoice.SAMPLE, GateChoice.SAMPLE
 
 
-def steps_graph(ph: str, epoch: int, arch_every: int) -> bool:
+def steps_graph(ph: Phase | str, epoch: int, arch_every: int) -> bool:
     """Whether PPO epoch `epoch` (0-based) steps alpha (True) or the network (False)."""
-    return ph == "bilevel" and (epoch + 1) % arch_every == 0
+    return ph == Phase.BILEVEL and (epoch + 1) % arch_every == 0
 
 
 def split_columns(num_envs: int, fraction: float) -> tuple[Tensor, Tensor]:
     """(upper, lower) LongTensors of env columns: the last max(1, round(f*B)) columns go up, at least one stays."""
-    if num_envs < 2:
+    if num_envs < 2:  # Config.__post_init__ checks this up front; this guards direct callers
         raise ValueError(f"num_envs={num_envs}; algo.bilevel=split needs >= 2 env columns")
-    n_up = min(max(1, round(fraction * num_envs)), num_envs - 1)
+    n_up, _ = split_sizes(num_envs, fraction)
     cols = torch.arange(num_envs)
     return cols[num_envs - n_up:], cols[: num_envs - n_up]
 

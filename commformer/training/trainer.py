@@ -14,17 +14,17 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from commformer.bilevel import Optimisers, acting_choices, phase
-from commformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from commformer.training.bilevel import Optimisers, choices, phase
+from commformer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from commformer.config import Config, from_yaml, to_yaml
-from commformer.evaluation import EVAL_SEED_OFFSET, evaluate
-from commformer.graph import CommGraph, messages_per_step
-from commformer.logger import Logger
-from commformer.model import CommFormer, ModelShape
-from commformer.policy import Agent
-from commformer.ppo import ValueNorm
-from commformer.rollout import Collector
-from commformer.update import ppo_update
+from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate
+from commformer.method.graph import CommGraph, messages_per_step
+from commformer.training.logger import Logger
+from commformer.method.model import CommFormer, ModelShape
+from commformer.method.policy import Agent
+from commformer.training.ppo import ValueNorm
+from commformer.training.rollout import Collector
+from commformer.training.update import ppo_update
 from envs.core import STEP_TENSORS, Step
 from envs.registry import make_env
 
@@ -48,8 +48,7 @@ def build_agent(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, device
     """The network and graph of a run, initialised from cfg.seed."""
     a = cfg.algo
     torch.manual_seed(cfg.seed)
-    model = CommFormer(ModelShape(n_agents, obs_dim, n_actions, a.hidden, a.heads, a.layers, a.dropout, a.gate,
-                                  a.gate_init_p))
+    model = CommFormer(ModelShape.of(n_agents, obs_dim, n_actions, a))
     graph = CommGraph(n_agents, a.graph, a.sparsity, a.tau, seed=cfg.seed)
     return Agent(model, graph, a.decoder_graph_grad).to(device)
 
@@ -146,8 +145,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
         ph = phase(max(self.iteration - 1, 0), self.cfg.iterations, self.cfg.algo)
-        graph_how = "full" if ph == "warmup" else "deterministic"
-        gate_how = "open" if ph == "warmup" else "threshold"
+        graph_how, gate_how = choices(ph, evaluating=True)
         out = evaluate(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device, graph_how, gate_how,
                        episodes=self.cfg.eval_episode_count)
         self.agent.train()
@@ -157,7 +155,7 @@ class Trainer:
         """One iteration: rollout, update, and the row of metrics for it."""
         cfg = self.cfg
         ph = phase(self.iteration, cfg.iterations, cfg.algo)
-        graph_how, gate_how = acting_choices(ph)
+        graph_how, gate_how = choices(ph, evaluating=False)
         denorm = self.vnorm.denormalize if self.vnorm is not None else (lambda x: x)
         t0 = time.perf_counter()
         ro = self.collector.collect(self.agent, graph_how, gate_how, denorm)

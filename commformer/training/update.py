@@ -1,7 +1,9 @@
 """One PPO update over a Rollout, with the bi-level schedule (REFERENCE.md 3, 4).
 
 Every epoch rebuilds the forward pass from the stored acting graph and gate (so the first epoch's ratio is exactly
-1), normalises advantages over active entries, and steps one level chosen by bilevel.steps_graph.
+1), normalises advantages over active entries, and steps one level chosen by bilevel.steps_graph. The largest gap
+between the rollout's acting log-probs and the update's own is logged as loss/acting_log_prob_gap (about 1e-7 when
+acting and training agree).
 """
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from commformer.bilevel import Optimisers, split_columns, steps_graph
+from commformer.training.bilevel import Optimisers, split_columns, steps_graph
 from commformer.config import AlgoConfig
-from commformer.gates import gate_cost
-from commformer.policy import Agent
-from commformer.ppo import (ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss,
+from commformer.method.gates import gate_cost
+from commformer.method.policy import Agent
+from commformer.training.ppo import (ValueNorm, explained_variance, gae, masked_mean, normalize_advantages, policy_loss,
                             value_loss)
-from commformer.rollout import Rollout
+from commformer.training.rollout import Rollout
 
 
 def flat(x: Tensor | None, cols: Tensor | None) -> Tensor | None:
@@ -33,19 +35,23 @@ def minibatches(batch: dict[str, Tensor | None], n: int) -> list[dict[str, Tenso
     if n == 1:
         return [batch]
     rows = batch["obs"].shape[0]
-    if n > rows:
-        raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch (T*B)")
+    if n > rows:  # Config.__post_init__ checks each level's rows up front; this guards direct callers
+        raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch")
     return [{k: None if v is None else v[idx] for k, v in batch.items()}
             for idx in torch.randperm(rows, device=batch["obs"].device).chunk(n)]
 
 
 def minibatch_loss(agent: Agent, mb: dict[str, Tensor | None], vnorm: ValueNorm | None, algo: AlgoConfig,
-                   upper: bool, gate_on: bool) -> tuple[Tensor, dict[str, float], float]:
-    """PPO loss of one minibatch (rows R: obs [R,N,O], ...) -> (loss, diagnostics, max ratio)."""
+                   upper: bool, gate_on: bool, update_vnorm: bool = True) -> tuple[Tensor, dict[str, float], float]:
+    """PPO loss of one minibatch (rows R: obs [R,N,O], ...) -> (loss, diagnostics, max ratio).
+
+    update_vnorm: fold this minibatch's targets into the value normaliser first (every minibatch, except the upper
+    level's held-out columns in bilevel=split, which must never shape the network's targets)."""
     active = mb["active"]
     tgt = mb["targets"]
-    if vnorm is not None:  # the normaliser is updated on every minibatch
-        vnorm.update(tgt[active])
+    if vnorm is not None:
+        if update_vnorm:
+            vnorm.update(tgt[active])
         tgt = vnorm.normalize(tgt)
     logp, entropy, value, p = agent.score(mb["obs"], mb["avail"], mb["alive"], mb["actions"], mb["graph"],
                                           mb["noise"], mb["gate"], relax_graph=upper, relax_gate=gate_on)
@@ -78,6 +84,9 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
                                    flat(ro.actions, None), flat(ro.graph, None), flat(ro.noise, None),
                                    flat(ro.gate, None) if gate_on else None, relax_graph=False,
                                    relax_gate=False)[0].view_as(ro.log_prob)
+        # acting (incremental decode) vs the update's pass over the stored graph and gate: a rounding unit when
+        # they agree; a mismatch (e.g. acting on a different graph than the one stored) shows up here
+        gap = float(torch.where(ro.active, (ro.log_prob - old_log_prob).abs(), 0.0).max()) if ro.active.any() else 0.0
     stats: dict[str, list[float]] = defaultdict(list)
     first_ratio = None
     for epoch in range(epochs):
@@ -90,7 +99,8 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
                  "old_log_prob": flat(old_log_prob, cols)}
         batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
         for mb in minibatches(batch, algo.minibatches):
-            loss, mstats, ratio_max = minibatch_loss(agent, mb, vnorm, algo, upper, gate_on)
+            loss, mstats, ratio_max = minibatch_loss(agent, mb, vnorm, algo, upper, gate_on,
+                                                     update_vnorm=not (upper and upper_cols is not None))
             norm = opt.step(loss, upper, algo.max_grad_norm)
             if first_ratio is None:
                 first_ratio = ratio_max
@@ -99,6 +109,7 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
                 stats[k].append(v)
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["loss/first_epoch_ratio_max"] = first_ratio if first_ratio is not None else float("nan")
+    out["loss/acting_log_prob_gap"] = gap
     with torch.no_grad():
         out["loss/explained_variance"] = explained_variance(denorm(ro.values), targets, ro.active)
     return out

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from commformer.policy import Agent
+from commformer.method.policy import Agent
 from envs.core import Step, VecEnv
 
 

@@ -12,25 +12,33 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from commformer.attention import EncoderLayer, RelationAttention, gelu_mlp
-from commformer.gates import TemporalGate
+from commformer.config import AlgoConfig
+from commformer.method.attention import EncoderLayer, RelationAttention, gelu_mlp
+from commformer.method.gates import TemporalGate
 
 NEG = -1e9  # logit of an unavailable action
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the model needs to know of the env and of its own size."""
+    """What the model needs to know: the env-derived sizes and, from the algo config, its own size (no defaults
+    here: they live in AlgoConfig)."""
 
     n_agents: int
     obs_dim: int
     n_actions: int
-    hidden: int = 64
-    heads: int = 1
-    layers: int = 1
-    dropout: float = 0.0
-    gate: bool = False
-    gate_init_p: float = 0.9
+    hidden: int
+    heads: int
+    layers: int
+    dropout: float
+    gate: bool
+    gate_init_p: float
+
+    @staticmethod
+    def of(n_agents: int, obs_dim: int, n_actions: int, algo: AlgoConfig) -> "ModelShape":
+        """The shape of an env (N agents, O obs width, A actions) under an algo config."""
+        return ModelShape(n_agents, obs_dim, n_actions, algo.hidden, algo.heads, algo.layers, algo.dropout, algo.gate,
+                          algo.gate_init_p)
 
 
 def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:

@@ -31,8 +31,7 @@ class RelationAttention(nn.Module):
 
     def __init__(self, hidden: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"algo.hidden={hidden} must be divisible by algo.heads={heads}")
+        assert hidden % heads == 0, f"hidden={hidden} not divisible by heads={heads} (AlgoConfig checks this)"
         self.heads, self.dh = heads, hidden // heads
         self.scale = 1.0 / math.sqrt(self.dh)
         self.q = nn.Linear(hidden, hidden)

@@ -75,8 +75,9 @@ class CommGraph(nn.Module):
     alpha is a parameter only in mode learned (initialised to ones); the other modes have no parameters.
     """
 
-    def __init__(self, n_agents: int, mode: str = "learned", sparsity: float = 0.4, tau: float = 1.0,
-                 seed: int = 0) -> None:
+    def __init__(self, n_agents: int, mode: str, sparsity: float, tau: float = 1.0, seed: int = 0) -> None:
+        """mode in GRAPH_MODES, sparsity S in (0, 1] (AlgoConfig's defaults and checks); tau only shapes the
+        straight-through gradient; seed draws the fixed graph of mode random."""
         super().__init__()
         if mode not in GRAPH_MODES:
             raise ValueError(f"algo.graph={mode!r}; allowed: {list(GRAPH_MODES)}")

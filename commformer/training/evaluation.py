@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from commformer.graph import messages_per_step
-from commformer.policy import Agent
+from commformer.method.graph import messages_per_step
+from commformer.method.policy import Agent
 from envs.core import VecEnv
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -21,7 +21,7 @@ def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_h
              gate_how: str = "threshold", episodes: int | None = None) -> dict[str, float]:
     """Run the first m = ceil(episodes / B) episodes of each of the env's B copies (episodes defaults to B);
     returns eval/return, eval/steps, eval/<task metric> (means over the B*m episodes), eval/episodes and
-    comm/eval_messages_per_step. Graph and gate choices per policy.GRAPH_CHOICES / GATE_CHOICES."""
+    comm/eval_messages_per_step. graph_how / gate_how: a policy.GraphChoice / GateChoice."""
     B = env.num_envs
     m = episodes_per_env(episodes or B, B)
     step = env.reset(seed=seed).to(device)

@@ -1,7 +1,7 @@
 """TemporalGate: per agent and step, whether to receive shared information (REFERENCE.md 5; our design).
 
 The journal extension publishes no equations for the gate; this is ours. p_i,t = sigmoid(MLP(h_i,t)) from the agent's
-pre-attention embedding, bias initialised so p starts near `init_p` (open). Rollouts sample g ~ Bernoulli(p) and
+pre-attention embedding, its logit bounded softly (bounded_logit), bias initialised so p starts at `init_p` (open). Rollouts sample g ~ Bernoulli(p) and
 store it; updates reuse the stored decision with a straight-through estimator g = hard + p - stopgrad(p), so a closed
 gate still receives a task gradient through the interpolation in the attention layers. Evaluation opens the gate when
 p > 0.5. Cost: comm_cost * mean over alive agents of p.
@@ -13,20 +13,34 @@ import math
 import torch
 from torch import Tensor, nn
 
+# The gate's logit is bounded softly, LOGIT_BOUND * tanh(z / LOGIT_BOUND): p stays in about (0.0025, 0.9975), where
+# its slope is still far above Adam's epsilon, so neither the cost nor the task gradient can lose their grip on it
+# (an unbounded logit of +14 or -14 has slope ~1e-6; a hard clamp has none past the bound).
+LOGIT_BOUND = 6.0
+
+
+def bounded_logit(z: Tensor) -> Tensor:
+    """LOGIT_BOUND * tanh(z / LOGIT_BOUND): z [...] -> [...] in (-LOGIT_BOUND, LOGIT_BOUND), slope 1 at 0."""
+    return LOGIT_BOUND * torch.tanh(z / LOGIT_BOUND)
+
+
+def raw_logit(p: float) -> float:
+    """The raw output z with sigmoid(bounded_logit(z)) == p; p must satisfy |logit(p)| < LOGIT_BOUND."""
+    return LOGIT_BOUND * math.atanh(math.log(p / (1.0 - p)) / LOGIT_BOUND)
+
 
 class TemporalGate(nn.Module):
-    """h [B,N,H] -> p [B,N] in (0, 1)."""
+    """h [B,N,H] -> p [B,N] in (0, 1): p = sigmoid(bounded_logit(MLP(h)))."""
 
-    def __init__(self, hidden: int, init_p: float = 0.9) -> None:
+    def __init__(self, hidden: int, init_p: float) -> None:
+        """init_p (AlgoConfig.gate_init_p, checked there): the initial open probability."""
         super().__init__()
-        if not 0.0 < init_p < 1.0:
-            raise ValueError(f"algo.gate_init_p={init_p}; must be in (0, 1)")
         self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[2].weight)
-        nn.init.constant_(self.net[2].bias, math.log(init_p / (1.0 - init_p)))
+        nn.init.constant_(self.net[2].bias, raw_logit(init_p))
 
     def forward(self, h: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(h).squeeze(-1))
+        return torch.sigmoid(bounded_logit(self.net(h).squeeze(-1)))
 
 
 def sample_gate(p: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -8,20 +8,46 @@ Shapes: B batch, N agents, O obs width, A actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from commformer.gates import sample_gate, straight_through_gate
-from commformer.graph import CommGraph, decoder_mask, receive_mask
-from commformer.model import CommFormer
+from commformer.method.gates import sample_gate, straight_through_gate
+from commformer.method.graph import CommGraph, decoder_mask, receive_mask
+from commformer.method.model import CommFormer
 
-# How act() picks the graph: "sample" (Gumbel top-k, learned; fixed graph otherwise), "full" (warmup),
-# "deterministic" (top-k(alpha): evaluation and after freeze).
-GRAPH_CHOICES = ("sample", "full", "deterministic")
-# How act() picks the gate: "sample" (Bernoulli(p)), "open" (warmup), "threshold" (p > 0.5: evaluation).
-GATE_CHOICES = ("sample", "open", "threshold")
+class GraphChoice(str, Enum):
+    """How act() picks the graph."""
+
+    SAMPLE = "sample"  # Gumbel top-k (learned); the fixed graph of the other modes
+    FULL = "full"  # every other agent (warmup)
+    DETERMINISTIC = "deterministic"  # top-k(alpha) without noise (evaluation, after freeze)
+
+
+class GateChoice(str, Enum):
+    """How act() picks the gate."""
+
+    SAMPLE = "sample"  # Bernoulli(p)
+    OPEN = "open"  # always open (warmup)
+    THRESHOLD = "threshold"  # p > 0.5 (evaluation)
+
+
+def graph_choice(value: str | GraphChoice) -> GraphChoice:
+    """The GraphChoice named by `value`; ValueError naming the allowed ones."""
+    try:
+        return GraphChoice(value)
+    except ValueError:
+        raise ValueError(f"graph choice {value!r}; allowed: {[c.value for c in GraphChoice]}") from None
+
+
+def gate_choice(value: str | GateChoice) -> GateChoice:
+    """The GateChoice named by `value`; ValueError naming the allowed ones."""
+    try:
+        return GateChoice(value)
+    except ValueError:
+        raise ValueError(f"gate choice {value!r}; allowed: {[c.value for c in GateChoice]}") from None
 
 
 @dataclass
@@ -45,23 +71,28 @@ class Agent(nn.Module):
         self.model, self.graph = model, graph
         self.decoder_graph_grad = decoder_graph_grad
 
-    def pick_graph(self, batch: int, how: str, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(hard [B,N,N] bool, noise [B,N,N] f32) per `how` in GRAPH_CHOICES."""
-        if how == "full":
+    def pick_graph(self, batch: int, how: GraphChoice | str,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(hard [B,N,N] bool, noise [B,N,N] f32) per `how` (a GraphChoice; an unknown one is a ValueError)."""
+        how = graph_choice(how)
+        if how is GraphChoice.FULL:
             return self.graph.full(batch)
-        if how == "deterministic":
+        if how is GraphChoice.DETERMINISTIC:
             n = self.graph.n_agents
             hard = self.graph.deterministic().expand(batch, n, n).clone()
             return hard, torch.zeros(batch, n, n, device=hard.device)
         return self.graph.sample(batch, generator)
 
     @staticmethod
-    def pick_gate(p: Tensor | None, how: str, generator: torch.Generator | None) -> Tensor | None:
+    def pick_gate(p: Tensor | None, how: GateChoice | str, generator: torch.Generator | None) -> Tensor | None:
+        """[B,N] bool decisions from p [B,N] per `how` (a GateChoice; an unknown one is a ValueError); None without
+        a gate."""
+        how = gate_choice(how)
         if p is None:
             return None
-        if how == "open":
+        if how is GateChoice.OPEN:
             return torch.ones_like(p, dtype=torch.bool)
-        if how == "threshold":
+        if how is GateChoice.THRESHOLD:
             return p > 0.5
         return sample_gate(p, generator)
 

@@ -35,13 +35,24 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint (weights only: no code runs from the file)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"resume={str(path)!r}: no such checkpoint file (give a .pt file or a run folder)")
+def checkpoint_path(arg: str | os.PathLike, key: str = "resume") -> Path:
+    """The checkpoint file that `arg` names: the file itself, or a run folder's checkpoints/last.pt (or last.pt).
+    CheckpointError naming `key` when there is none."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{key}={str(arg)!r}: no such checkpoint file, nor a run folder with checkpoints/last.pt "
+                          "(give a .pt file or a run folder)")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    key: str = "resume") -> dict[str, Any]:
+    """Load a checkpoint written by save_checkpoint (weights only: no code runs from the file); `path` may be a run
+    folder (see checkpoint_path)."""
+    path = checkpoint_path(path, key)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, pickled code, or not a torch file at all

@@ -1,0 +1,1 @@
+"""Analysis tools: checkpoint re-evaluation, run reports with intervals, plots and throughput benchmarks."""

@@ -1,0 +1,335 @@
+"""Checkpoint re-evaluation (`scripts/evaluate.py`): the field's "absolute" protocol (REFERENCE.md 7: 10x the
+training evaluation's episodes, argmax actions, a fresh seed); every per-episode metric summarised by its mean and
+IQM, each with a 95% percentile bootstrap interval over episodes.
+
+Tables and files are the product of this command and go to stdout / --out; diagnostics go through logging.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from commformer.analysis import stats
+from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_ci
+from commformer.errors import guarded, positive_int, script_logging
+from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from envs.registry import family_note
+
+log = logging.getLogger("commformer")
+
+# the field's "absolute" score uses this many times the training evaluation's episodes (REFERENCE.md 7)
+ABSOLUTE_FACTOR = 10
+# at most this many env copies at once (evaluate() runs one episode per copy)
+MAX_CHUNK = 1000
+# default seed = the run's seed + this; training evaluates at seed + EVAL_SEED_OFFSET (1,000,000)
+EVALUATE_SEED_OFFSET = 2_000_000
+GRAPH_OPTIONS = ("auto", "deterministic", "sample", "full")
+GATE_OPTIONS = ("auto", "threshold", "open", "sample")
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Re-evaluate checkpoints with argmax actions (the 'absolute' score: 10x the training "
+                    "evaluation's episodes on a fresh seed) and print, per checkpoint, a markdown table of mean "
+                    "return, success/won rate and steps, each with its IQM and 95% bootstrap intervals over "
+                    "episodes.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT_OR_RUN_DIR",
+                   help="a checkpoint .pt file, or a run folder (its checkpoints/last.pt is used)")
+    p.add_argument("--episodes", type=positive_int, default=None,
+                   help=f"episodes per checkpoint (default: {ABSOLUTE_FACTOR}x the run's evaluation episodes)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"env seed of the first {MAX_CHUNK} episodes; chunk i uses seed + i (default: the run's "
+                        f"seed + {EVALUATE_SEED_OFFSET:,}, never the seed training evaluated on)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:<index> (default: cpu)")
+    p.add_argument("--graph", choices=GRAPH_OPTIONS, default="auto",
+                   help="communication graph: deterministic (top-k of alpha), sample (Gumbel top-k), full; auto "
+                        "(default): what training's evaluation used at the checkpoint (full during warmup, "
+                        "else deterministic)")
+    p.add_argument("--gate", choices=GATE_OPTIONS, default="auto",
+                   help="temporal gate (gated runs only): threshold (p > 0.5), open, sample; auto (default): open "
+                        "during warmup, else threshold")
+    p.add_argument("--n-boot", type=positive_int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})")
+    p.add_argument("--out", default=None, metavar="FILE.json|FILE.csv",
+                   help="also write the results (JSON keeps the per-episode values; CSV one row per metric)")
+    return p
+
+
+def chunk_sizes(episodes: int, max_chunk: int = MAX_CHUNK) -> list[int]:
+    """Env-copy counts of the evaluation chunks: full chunks of max_chunk, then the rest (2500 -> 1000, 1000, 500)."""
+    if episodes < 1 or max_chunk < 1:
+        raise ValueError(f"episodes={episodes}, max_chunk={max_chunk}; both must be >= 1")
+    full, rest = divmod(episodes, max_chunk)
+    return [max_chunk] * full + ([rest] if rest else [])
+
+
+def default_episodes(cfg) -> int:
+    return ABSOLUTE_FACTOR * cfg.eval_episode_count
+
+
+def default_seed(train_seed: int) -> int:
+    return train_seed + EVALUATE_SEED_OFFSET
+
+
+def resolve_choices(graph: str, gate: str, cfg, iteration: int) -> tuple[str, str]:
+    """(graph_how, gate_how) for policy.Agent.act; 'auto' follows the trainer's evaluation at `iteration`."""
+    from commformer.method.policy import gate_choice, graph_choice
+    from commformer.training.bilevel import choices, phase
+
+    auto_graph, auto_gate = choices(phase(max(iteration - 1, 0), cfg.iterations, cfg.algo), evaluating=True)
+    return (auto_graph if graph == "auto" else graph_choice(graph), auto_gate if gate == "auto" else gate_choice(gate))
+
+
+def parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device={text!r}; allowed: cpu, cuda, cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={text!r}: CUDA is not available here; allowed: cpu")
+    return device
+
+
+class EpisodeRecorder:
+    """A VecEnv that forwards to `env` and keeps every env copy's first finished episode (evaluate() itself only
+    returns means). After an evaluation, `episodes` maps each episode key (return, length, task metrics) to a
+    [B] float64 numpy array."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.num_envs, self.device, self.spec = env.num_envs, env.device, env.spec
+        self.episodes: dict[str, np.ndarray] = {}
+        self._got = torch.zeros(env.num_envs, dtype=torch.bool)
+
+    def reset(self, seed: int | None = None):
+        self.episodes, self._got = {}, torch.zeros(self.num_envs, dtype=torch.bool)
+        return self.env.reset(seed=seed)
+
+    def step(self, actions: torch.Tensor):
+        step = self.env.step(actions)
+        new = ((step.terminated | step.truncated).cpu() & ~self._got).numpy()
+        if new.any():
+            for key, value in step.episode.items():
+                store = self.episodes.setdefault(key, np.full(self.num_envs, np.nan))
+                store[new] = value.detach().double().cpu().numpy()[new]
+            self._got |= torch.from_numpy(new)
+        return step
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint rebuilt for evaluation."""
+
+    path: Path
+    cfg: Any  # commformer.config.Config
+    state: dict[str, Any]
+
+    @property
+    def iteration(self) -> int:
+        return int(self.state.get("iteration", 0))
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.state.get("env_steps", 0))
+
+
+def load_run(arg: str | Path) -> LoadedRun:
+    """Load a checkpoint and parse its config; CheckpointError (one line) when either is unusable."""
+    from commformer.config import from_yaml
+
+    path = checkpoint_path(arg, key="checkpoint")
+    state = load_checkpoint(path, map_location="cpu", key="checkpoint")
+    for key in ("config", "model", "graph"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry; expected a file written by "
+                                  "commformer's trainer")
+    try:
+        cfg = from_yaml(state["config"])
+    except (ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no valid config ({first})") from None
+    return LoadedRun(path, cfg, state)
+
+
+def build_eval_agent(run: LoadedRun, spec, device: torch.device):
+    """The run's agent with the checkpoint's weights, in eval mode."""
+    from commformer.training.trainer import build_agent
+
+    agent = build_agent(run.cfg, spec.n_agents, spec.obs_dim, spec.n_actions, device)
+    try:
+        agent.model.load_state_dict(run.state["model"])
+        agent.graph.load_state_dict(run.state["graph"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).splitlines()[0][:200]
+        raise CheckpointError(f"checkpoint {str(run.path)!r} does not match the model of its own config "
+                              f"({first})") from None
+    return agent.eval()
+
+
+def episode_metric_name(key: str) -> str:
+    """Episode key -> table name (the env's 'length' is reported as 'steps', as in training's eval/steps)."""
+    return "steps" if key == "length" else key
+
+
+def order_metrics(names: Iterable[str]) -> list[str]:
+    """return first, steps last, task metrics (success, won, ...) between them in name order."""
+    names = list(names)
+    middle = sorted(n for n in names if n not in ("return", "steps"))
+    return [n for n in ("return",) if n in names] + middle + [n for n in ("steps",) if n in names]
+
+
+def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device: torch.device, graph: str,
+                 gate: str, n_boot: int = N_BOOT, max_chunk: int | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint; returns the result record (see write_results for its fields).
+
+    Chunk i of chunk_sizes(episodes) runs on an env of that many copies reset with seed + i. Global torch RNG is
+    seeded with the chunk's seed too (only --graph sample / --gate sample draw from it)."""
+    from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate
+    from envs.registry import make_env
+
+    cfg = run.cfg
+    torch.set_num_threads(cfg.torch_threads)
+    episodes = episodes or default_episodes(cfg)
+    seed = default_seed(cfg.seed) if seed is None else seed
+    if seed == cfg.seed + EVAL_SEED_OFFSET:
+        log.warning("--seed=%d is the seed training evaluated on: these are its evaluation episodes again, "
+                    "not fresh ones", seed)
+    graph_how, gate_how = resolve_choices(graph, gate, cfg, run.iteration)
+    sizes = chunk_sizes(episodes, max_chunk or MAX_CHUNK)
+    envs: dict[int, EpisodeRecorder] = {}
+    agent = None
+    values: dict[str, list[np.ndarray]] = {}
+    messages = weight = 0.0
+    try:
+        for i, size in enumerate(sizes):
+            if size not in envs:
+                envs[size] = EpisodeRecorder(make_env(cfg.env, size, device))
+            env = envs[size]
+            if agent is None:
+                agent = build_eval_agent(run, env.spec, device)
+            log.info("%s: chunk %d/%d, %d episodes, seed %d", run.path, i + 1, len(sizes), size, seed + i)
+            torch.manual_seed(seed + i)
+            out = evaluate(agent, env, seed + i, device, graph_how, gate_how)
+            for key, v in env.episodes.items():
+                values.setdefault(episode_metric_name(key), []).append(v)
+            lengths = float(env.episodes["length"].sum())
+            messages += out["comm/eval_messages_per_step"] * lengths
+            weight += lengths
+    finally:
+        for env in envs.values():
+            env.close()
+    per_episode = {k: np.concatenate(v) for k, v in values.items()}
+    metrics = {k: stats.summarize(per_episode[k], n_boot, CONFIDENCE, BOOT_SEED) for k in order_metrics(per_episode)}
+    return {
+        "checkpoint": str(run.path), "env": cfg.env["name"], "family": cfg.env["family"], "algo": cfg.algo.name,
+        "train_seed": cfg.seed, "iteration": run.iteration, "env_steps": run.env_steps,
+        "eval_seed": seed, "episodes": episodes, "chunks": sizes, "graph": graph_how.value, "gate": gate_how.value,
+        "gated": bool(cfg.algo.gate),
+        "messages_per_step": messages / max(weight, 1.0), "n_boot": n_boot, "confidence": CONFIDENCE,
+        "metrics": metrics, "per_episode": {k: per_episode[k].tolist() for k in metrics},
+    }
+
+
+def evaluation_markdown(result: Mapping[str, Any]) -> str:
+    """One checkpoint's heading, settings line and table (metric | mean | 95% CI | IQM | 95% CI)."""
+    gate = f", gate {result['gate']}" if result.get("gated") else ""
+    lines = [
+        f"### {result['checkpoint']}",
+        "",
+        f"env {result['env']} ({result['family']}), algo {result['algo']}, training seed {result['train_seed']}, "
+        f"iteration {result['iteration']}, env steps {result['env_steps']}: {result['episodes']} episodes from "
+        f"seed {result['eval_seed']}, argmax actions, graph {result['graph']}{gate}, "
+        f"{fmt(result['messages_per_step'])} messages per step.",
+        "",
+        "| metric | mean | 95% CI (mean) | IQM | 95% CI (IQM) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in result["metrics"].items():
+        lines.append(f"| {name} | {fmt(s['mean'])} | {fmt_ci(s['mean_ci'])} | {fmt(s['iqm'])} | "
+                     f"{fmt_ci(s['iqm_ci'])} |")
+    note = family_note(result["family"])
+    if note:
+        lines += ["", f"Note: {note}."]
+    return "\n".join(lines) + "\n"
+
+
+EVAL_CSV_FIELDS = ("checkpoint", "env", "family", "algo", "train_seed", "iteration", "env_steps", "eval_seed",
+                   "episodes", "graph", "gate", "metric", "mean", "mean_low", "mean_high", "iqm", "iqm_low",
+                   "iqm_high")
+
+
+def evaluation_csv_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (checkpoint, metric) with the fields of EVAL_CSV_FIELDS."""
+    rows = []
+    for r in results:
+        for name, s in r["metrics"].items():
+            row = {k: r[k] for k in EVAL_CSV_FIELDS[:11]}
+            row.update(metric=name, mean=s["mean"], mean_low=s["mean_ci"][0], mean_high=s["mean_ci"][1],
+                       iqm=s["iqm"], iqm_low=s["iqm_ci"][0], iqm_high=s["iqm_ci"][1])
+            rows.append(row)
+    return rows
+
+
+def output_format(out: str) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ValueError(f"--out={out!r}; must end in .json or .csv")
+    return suffix[1:]
+
+
+def write_results(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
+    """JSON: {"results": [record, ...]}, each record with checkpoint, env, family, algo, train_seed, iteration,
+    env_steps, eval_seed, episodes, chunks, graph, gate, gated, messages_per_step, n_boot, confidence, metrics
+    ({name: {n, mean, mean_ci, iqm, iqm_ci}}) and per_episode ({name: [episodes values]}). CSV: evaluation_csv_rows."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if output_format(str(out)) == "json":
+        path.write_text(json.dumps({"results": list(results)}, indent=1) + "\n")
+    else:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=EVAL_CSV_FIELDS)
+            w.writeheader()
+            w.writerows(evaluation_csv_rows(results))
+    return path
+
+
+def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.out is not None:
+        output_format(args.out)
+    device = parse_device(args.device)
+    runs = [load_run(c) for c in args.checkpoints]  # every file is checked before any evaluation starts
+    results = []
+    for run in runs:
+        result = evaluate_run(run, args.episodes, args.seed, device, args.graph, args.gate, args.n_boot)
+        sys.stdout.write(evaluation_markdown(result) + "\n")
+        sys.stdout.flush()
+        results.append(result)
+    if args.out is not None:
+        log.info("wrote %s", write_results(results, args.out))
+    return results
+
+
+def script_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """`scripts/evaluate.py CHECKPOINT_OR_RUN_DIR [...] [options]`; returns the result records."""
+    args = evaluate_parser().parse_args(argv)
+    script_logging()
+    return guarded(lambda: _evaluate(args))  # type: ignore[return-value]
+

@@ -1,0 +1,105 @@
+"""Run folders as data: find them, read their config.yaml and metrics.csv, and read metrics off their rows."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+log = logging.getLogger("commformer")
+
+
+@dataclass
+class Run:
+    """One run folder: its config (flattened to dotted keys) and its metrics.csv rows (strings, as written)."""
+
+    path: Path
+    env: str
+    family: str
+    algo: str
+    seed: Any
+    config: dict[str, Any]
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    def logged(self, metric: str) -> bool:
+        return any(number(r.get(metric)) is not None for r in self.rows)
+
+
+def number(text: Any) -> float | None:
+    """A metrics.csv cell as a float; None for empty, unparsable or NaN cells."""
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'algo': {'lr': 1}} -> {'algo.lr': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def find_run_dirs(roots: Sequence[str | Path]) -> list[Path]:
+    """Every folder at or below the roots that holds both metrics.csv and config.yaml, sorted, without repeats."""
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"run folder {str(root)!r} does not exist (give a run folder or a folder of runs)")
+        for csv_path in [root / "metrics.csv", *root.rglob("metrics.csv")]:
+            if csv_path.is_file() and (csv_path.parent / "config.yaml").is_file():
+                found.add(csv_path.parent.resolve())
+    return sorted(found)
+
+
+def read_run(path: Path) -> Run | None:
+    """Parse a run folder; None (with a warning) when its config lacks env.name, env.family or algo.name."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        log.warning("%s: config.yaml is not valid YAML (%s); skipped", path, str(e).splitlines()[0])
+        return None
+    env, algo = config.get("env") or {}, config.get("algo") or {}
+    if not isinstance(env, Mapping) or not isinstance(algo, Mapping) or not all(
+            (env.get("name"), env.get("family"), algo.get("name"))):
+        log.warning("%s: config.yaml lacks env.name, env.family or algo.name; skipped", path)
+        return None
+    with (path / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return Run(path, str(env["name"]), str(env["family"]), str(algo["name"]), config.get("seed"),
+               flatten(config), rows)
+
+
+def final_value(rows: Sequence[Mapping[str, str]], metric: str) -> tuple[float, int] | None:
+    """(value, env_steps) of the last row that has the metric; None when no row has it."""
+    for row in reversed(rows):
+        value = number(row.get(metric))
+        if value is not None:
+            steps = number(row.get("env_steps"))
+            return value, int(steps) if steps is not None else -1
+    return None
+
+
+def curve(rows: Sequence[Mapping[str, str]], metric: str) -> list[tuple[int, float]]:
+    """[(env_steps, value)] of every row that has the metric (the run's evaluations)."""
+    out = []
+    for row in rows:
+        value, steps = number(row.get(metric)), number(row.get("env_steps"))
+        if value is not None and steps is not None:
+            out.append((int(steps), value))
+    return out
+
+

@@ -1,0 +1,2 @@
+"""The training loop: rollout collection, PPO and the bi-level schedule, the trainer, evaluation, checkpoints and
+the logger."""
