@@ -2,24 +2,39 @@
 input ends with one line and exit status 2 (commformer.errors)."""
 from __future__ import annotations
 
+import shutil
 import sys
+import time
 from pathlib import Path
 
-from commformer.errors import fail, guarded
+from commformer.errors import fail, guarded, one_line, user_errors
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _train_main(cfg) -> float | None:
+    """Hydra's task function: one job. Its config was already checked by prepare_train (so a rejected command never
+    reaches here); a job of a multirun that prepare_train reported is skipped and its folder removed."""
     from hydra.core.hydra_config import HydraConfig
 
     from commformer.config import load_config
     from commformer.training.trainer import Trainer
 
-    config = guarded(lambda: load_config(cfg))
-    run_dir = config.run_dir or HydraConfig.get().runtime.output_dir
-    trainer = guarded(lambda: Trainer(config, run_dir))
-    result = trainer.train()
+    hc = HydraConfig.get()
+    output_dir = hc.runtime.output_dir
+    try:
+        config = load_config(cfg)
+    except user_errors():
+        if hc.mode.name == "MULTIRUN":  # reported with its line before the sweep started
+            remove_job_folder(Path(output_dir))
+            return None
+        raise
+    try:
+        trainer = Trainer(config, config.run_dir or output_dir, overrides=list(hc.overrides.task))
+    except user_errors() as e:  # e.g. an env that rejects its settings: leave no folder behind
+        remove_job_folder(Path(output_dir))
+        fail(one_line(e), getattr(e, "exit_code", 2))
+    result = guarded(trainer.train)
     # sweepers (e.g. Optuna) read the returned number: the final success / win rate, else the return
     for key in ("eval/success", "eval/won", "eval/return"):
         if key in result:
@@ -27,16 +42,81 @@ def _train_main(cfg) -> float | None:
     return None
 
 
-def train() -> None:
-    """`commformer-train [overrides...]` == `python scripts/train.py [overrides...]`."""
+def remove_job_folder(folder: Path) -> None:
+    """Delete a rejected multirun job's folder when it holds only what Hydra wrote (.hydra/ and the job log)."""
+    if folder.is_dir() and all(p.name in (".hydra", "train.log") for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def has_override(overrides: list[str], key: str) -> bool:
+    from commformer.compose import override_key
+
+    return any(override_key(o) == key for o in overrides)
+
+
+def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tuple[list[str], int]:
+    """Check every job of the command before Hydra starts (commformer.compose) and return (the argv Hydra gets, the
+    number of rejected jobs). A single run with a bad value raises its one-line error (nothing is written). In a
+    multirun each rejected job is reported with its line; sweep values that only give rejected jobs are dropped from
+    the sweep, so the others run. A resume continues in the folder it names and records its own Hydra files
+    (.hydra/resume_<time>/), keeping the original run's."""
+    from commformer.compose import compose_job, expand_sweep, rebuild_sweep
+    from commformer.training.checkpoint import checkpoint_path
+    from commformer.training.resume import run_folder_of
+
+    if not multirun:
+        config = compose_job(overrides, CONF_DIR)
+        if config.resume and not config.run_dir and not has_override(overrides, "hydra.run.dir"):
+            folder = run_folder_of(checkpoint_path(config.resume))
+            if folder is not None:
+                stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+                argv = argv + [f"hydra.run.dir={folder.resolve()}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+        return argv, 0
+    jobs = expand_sweep(overrides)
+    bad: list[int] = []
+    for j, job in enumerate(jobs):
+        try:
+            compose_job(job, CONF_DIR)
+        except user_errors() as e:
+            bad.append(j)
+            mine = " ".join(o for o in job if "=" in o)
+            sys.stderr.write(f"error: job {j} of {len(jobs)} ({mine}): {one_line(e)}\n")
+    if len(bad) == len(jobs):
+        fail(f"every job of the sweep was rejected ({len(jobs)} of {len(jobs)}; see the lines above)")
+    kept = rebuild_sweep(overrides, jobs, set(bad))
+    flags = [a for a in argv if a not in overrides]
+    return flags + kept, len(bad)
+
+
+def train(argv: list[str] | None = None) -> None:
+    """`commformer-train [overrides...]` == `python scripts/train.py [overrides...]`. Every job is checked before
+    Hydra makes a folder; a rejected command exits 2 with one line (a multirun runs the jobs that are fine, then
+    exits 2 when it rejected some)."""
     import hydra
+    from hydra._internal.utils import get_args_parser
 
-    from commformer.config import register_configs
+    from commformer.compose import INFO_FLAGS
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not CONF_DIR.is_dir():
         fail(f"config folder {CONF_DIR} not found (install the project from a source checkout: pip install -e .)")
-    register_configs()
+    args = get_args_parser().parse_args(argv)
+    rejected = 0
+    if not any(getattr(args, flag, None) for flag in INFO_FLAGS):
+        argv, rejected = guarded(lambda: prepare_train(argv, bool(args.multirun), list(args.overrides)))
+    sys.argv = [sys.argv[0]] + argv
+    install_key_help()
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_train_main)()
+    if rejected:
+        fail(f"{rejected} job(s) of the sweep were rejected (see their lines above); the others ran")
+
+
+def install_key_help() -> None:
+    """`--help` lists every key with its value and description: conf/config.yaml's hydra.help.template calls the
+    commformer_keys resolver (commformer.keyhelp), registered here before Hydra composes. --hydra-help is Hydra's."""
+    from commformer.keyhelp import register_key_help
+
+    register_key_help()
 
 
 def evaluate() -> None:

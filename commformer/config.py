@@ -4,6 +4,8 @@ config once with `load_config`. Values live in conf/*.yaml; these dataclasses ar
 from __future__ import annotations
 
 import ast
+import dataclasses
+import difflib
 import inspect
 import math
 import textwrap
@@ -15,13 +17,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from commformer.errors import UserError
 from commformer.method.graph import GRAPH_MODES
+from envs.registry import validate_env_config
 
 BILEVEL_MODES = ("alternate", "split")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config value; the message is one line naming the key, the value and what is allowed."""
 
 
@@ -37,6 +41,26 @@ def _positive_finite(name: str, value: float) -> None:
 def _fraction(name: str, value: float, low_open: bool = True) -> None:
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
     _check(ok, f"{name}={value}; must be in {'(0, 1]' if low_open else '[0, 1]'}")
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can run: cpu, and cuda / cuda:<index> where CUDA works."""
+    import torch
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return out
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless `device` is one this machine can run (one line naming what is)."""
+    allowed = available_devices()
+    if device in allowed:
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        _check(False, f"device={device!r}: no CUDA device here; allowed: {', '.join(allowed)}")
+    _check(False, f"device={device!r}; allowed: {', '.join(allowed)} (cuda, cuda:<index> where CUDA works)")
 
 
 def split_sizes(num_envs: int, fraction: float) -> tuple[int, int]:
@@ -166,13 +190,20 @@ class LoggerConfig:
     entity: Optional[str] = None
     """wandb entity (null: your default)"""
     group: Optional[str] = None
-    """wandb group"""
+    """wandb group (null: the sweep folder's name under -m, else none)"""
+    job_type: str = "train"
+    """wandb job type"""
     tags: List[str] = field(default_factory=list)
-    """wandb tags"""
+    """wandb tags, added to the env's name and family and the algo preset's name"""
+    media: bool = True
+    """wandb images at each evaluation: the alpha (or fixed graph) heatmap and the per-agent gate-open rates"""
+    video: bool = False
+    """a wandb video of an evaluation episode at the end of the run (when the env renders frames)"""
     tensorboard: bool = False
     """also write TensorBoard event files (needs the [tensorboard] extra)"""
     progress: bool = True
-    """progress bar with ETA and live return/success"""
+    """progress bar with ETA and live return/success when stderr is a terminal (and not under -m); plain progress
+    lines otherwise"""
     console_every: int = 10
     """console summary every this many iterations (and at every evaluation)"""
 
@@ -225,6 +256,10 @@ class Config:
     def __post_init__(self) -> None:
         _check("family" in self.env and "name" in self.env,
                f"env={dict(self.env)!r}; an env config needs 'name' and 'family' (pick one: env=pp, env=pcp, ...)")
+        try:  # the env family's own schema (envs.registry): unknown keys, wrong types, missing keys
+            validate_env_config(self.env)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e).strip().splitlines()[0]) from None
         for key in ("total_env_steps", "num_envs", "rollout_length", "ppo_epochs", "torch_threads", "eval_every",
                     "checkpoint_every"):
             _check(getattr(self, key) >= 1, f"{key}={getattr(self, key)}; must be >= 1")
@@ -232,8 +267,7 @@ class Config:
                f"eval_episodes={self.eval_episodes}; must be >= 1 (or null for the env's default)")
         _check(self.eval_envs is None or self.eval_envs >= 1,
                f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
-        _check(self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
-               f"device={self.device!r}; allowed: cpu, cuda, cuda:<index>, mps")
+        check_device(self.device)
         a = self.algo
         if a.graph == "learned":
             _check(self.ppo_epochs >= a.arch_every,
@@ -294,6 +328,39 @@ class Config:
         return -(-self.total_env_steps // self.batch_env_steps)
 
 
+GROUPS = ("env", "algo", "logger")
+
+
+def schema_keys() -> list[str]:
+    """Every dotted key of the schema: top-level fields, algo.*, logger.* (env.* depend on the env family)."""
+    keys = []
+    for f in dataclasses.fields(Config):
+        if f.name == "algo":
+            keys += [f"algo.{g.name}" for g in dataclasses.fields(AlgoConfig)]
+        elif f.name == "logger":
+            keys += [f"logger.{g.name}" for g in dataclasses.fields(LoggerConfig)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def closest(name: str, allowed: Sequence[str]) -> str:
+    """' (did you mean X?)' for the closest allowed name, or ''."""
+    match = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def unknown_key_line(key: str, value: Any) -> str:
+    """'<key>=<value>: unknown key (did you mean ...?); allowed: ...' for a key outside the schema."""
+    if key.startswith("env."):
+        return f"{key}={value}: unknown key for this env (env keys are checked against the env family's schema)"
+    keys = schema_keys()
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = [k for k in keys if k.startswith(prefix) and k.count(".") == key.count(".")] if prefix else \
+        [k for k in keys if "." not in k] + list(GROUPS)
+    return f"{key}={value}: unknown key{closest(key, siblings)}; allowed: {', '.join(sorted(set(siblings)))}"
+
+
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (name "config_schema", the first entry of conf/config.yaml's
     defaults list). Done on import of this module, so every compose (scripts, tests, the benchmark) finds it."""
@@ -313,6 +380,9 @@ def load_config(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if key and type(e).__name__ == "ConfigKeyError":  # a key outside the schema
+            value = OmegaConf.select(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, key, default="?")
+            raise ConfigError(unknown_key_line(key, value)) from None
         raise ConfigError(f"{key}: {first}" if key else first) from None
     except ValueError as e:  # a __post_init__ check wrapped by OmegaConf
         raise ConfigError(str(e).splitlines()[0]) from None

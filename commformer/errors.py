@@ -13,30 +13,58 @@ from typing import Callable, NoReturn
 log = logging.getLogger("commformer")
 
 
-def fail(message: str) -> NoReturn:
-    """One error line on stderr, exit status 2."""
+class UserError(Exception):
+    """Bad input, or a fault outside the program that the user can fix (a full disk, a missing extra). Its message is
+    one line naming the key or file, the value and what is allowed; the entry points print it without a traceback.
+    Everything else is a bug and keeps its traceback."""
+
+    exit_code = 2
+
+
+class UsageError(UserError, ValueError):
+    """A bad command-line argument of evaluate / report / benchmark."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (a non-finite loss, gradient or parameter; a signal); the message says what was
+    kept."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One error line on stderr, exit status `code` (2: bad input)."""
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-    sys.exit(2)
+    sys.exit(code)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input rather than a bug."""
-    from commformer.config import ConfigError
-    from commformer.training.checkpoint import CheckpointError
-    from envs.core import EnvUnavailableError
+    """Exceptions that mean bad input or an outside fault rather than a bug: the project's own types only (library
+    errors that mean bad input are converted where they arise)."""
+    from envs.core import EnvConfigError, EnvUnavailableError
 
-    return (ConfigError, CheckpointError, EnvUnavailableError, ValueError, TypeError, ImportError,
-            FileNotFoundError)
+    return (UserError, EnvUnavailableError, EnvConfigError)
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def guarded(fn: Callable[[], object]) -> object:
-    """Run fn, turning user errors into one line and exit status 2."""
+    """Run fn, turning user errors into one line and their exit status (2 unless stated)."""
     try:
         return fn()
     except user_errors() as e:
-        text = str(e).strip().splitlines()
-        fail(text[0] if text else type(e).__name__)
+        fail(one_line(e), getattr(e, "exit_code", 2))
 
 
 def positive_int(text: str) -> int:
@@ -50,7 +78,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is at the time of each record (so a redirected or captured
+    stderr gets the lines, never a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def script_logging() -> None:
-    """Diagnostics of the command-line tools go to stderr (their tables go to stdout)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    """Diagnostics of the command-line tools go to stderr as `LEVEL: message` (their tables go to stdout)."""
+    if not any(isinstance(h, _CurrentStderr) for h in log.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -10,7 +10,7 @@ that ended (to bootstrap a truncated episode) and ``episode[...][b]`` holds that
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import gymnasium
 import torch
@@ -18,6 +18,15 @@ from torch import Tensor
 
 # Keys every finished episode reports in Step.episode; task metrics ("success", "won") come on top.
 EPISODE_KEYS = ("return", "length")
+
+
+class EnvConfigError(ValueError):
+    """A bad env config value (a conf/env/*.yaml key or an env.* override, checked by envs.registry or an env's
+    constructor); one line naming the key, the value and what is allowed."""
+
+
+class EnvUnavailableError(RuntimeError):
+    """An env needs something outside Python that is missing (e.g. StarCraft II); the message says how to install it."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,15 @@ class Step:
         """[B] bool: the env finished an episode at this step (terminated or truncated)."""
         return self.terminated | self.truncated
 
+    @classmethod
+    def alive_is_active(cls, *, obs: Tensor, state: Tensor, avail_actions: Tensor, reward: Tensor,
+                        terminated: Tensor, truncated: Tensor, alive: Tensor, final_obs: Tensor, final_state: Tensor,
+                        final_alive: Tensor, episode: dict[str, Tensor]) -> "Step":
+        """A Step of an env where every live agent acts: active = alive.clone() (the other fields as given)."""
+        return cls(obs=obs, state=state, avail_actions=avail_actions, reward=reward, terminated=terminated,
+                   truncated=truncated, alive=alive, active=alive.clone(), final_obs=final_obs,
+                   final_state=final_state, final_alive=final_alive, episode=episode)
+
     def to(self, device: torch.device | str) -> "Step":
         """A copy with every tensor moved to `device`."""
         return Step(
@@ -113,12 +131,78 @@ class VecEnv(Protocol):
         ...
 
 
+class FamilyInfo:
+    """What tools may ask a VecEnv class without building an env; every VecEnv class of the registry inherits it.
+
+    results_note: a caveat to print wherever this family's numbers are shown (None: none).
+    unavailable_reason(): why an env of this family cannot be built here (a missing extra, StarCraft II), or None;
+    it looks for packages with importlib.util.find_spec only and starts nothing.
+    """
+
+    results_note: ClassVar[str | None] = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks and helpers shared by the env families
+# ---------------------------------------------------------------------------------------------------------------------
+
+def plain(value: Any) -> Any:
+    """`value` with every mapping turned into a dict (keys as str) and every non-string sequence into a list, at
+    every depth (e.g. an OmegaConf node), so it pickles to a worker and the callee may mutate it."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
+
+
+def check_int(key: str, value: object, low: int, error: type[ValueError] = EnvConfigError) -> int:
+    """`value` as an int >= low (bool is not an int here), else `error` naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{key}={value!r}; must be an integer >= {low}")
+    if value < low:
+        raise error(f"{key}={value}; must be >= {low}")
+    return value
+
+
+def check_num_envs(num_envs: int) -> int:
+    """`num_envs` (B), else ValueError: "num_envs=0; must be >= 1" (or "must be an integer >= 1" for a non-int)."""
+    return check_int("num_envs", num_envs, 1, ValueError)
+
+
 def check_actions(actions: Tensor, num_envs: int, n_agents: int) -> None:
     """Raise ValueError unless actions is an integer tensor of shape [B, N]."""
     if actions.shape != (num_envs, n_agents):
         raise ValueError(f"step(): actions must be [B={num_envs}, N={n_agents}], got {tuple(actions.shape)}")
     if actions.dtype.is_floating_point or actions.dtype == torch.bool:
         raise TypeError(f"step(): actions must be an integer tensor, got {actions.dtype}")
+
+
+def check_available(actions: Tensor, avail: Tensor, agent_names: Sequence[str]) -> None:
+    """ValueError naming the first (env, agent) in row-major order whose action is outside [0, A) or unavailable,
+    and the actions it has. actions [B,N] integer | avail [B,N,A] bool (the last Step's avail_actions) |
+    agent_names: N names. Runs on avail's device."""
+    A = avail.shape[-1]
+    acts = actions.to(avail.device, torch.int64)
+    in_range = (acts >= 0) & (acts < A)
+    ok = in_range & avail.gather(-1, acts.clamp(0, A - 1)[..., None]).squeeze(-1)
+    if bool(ok.all()):
+        return
+    b, i = (int(x) for x in (~ok).nonzero()[0])
+    available = avail[b, i].nonzero().flatten().tolist()
+    raise ValueError(f"step(): action {int(acts[b, i])} of agent {agent_names[i]!r} in env {b} is not available; "
+                     f"available: {available}")
+
+
+def random_available(avail: Tensor, generator: torch.Generator) -> Tensor:
+    """[B,N] long: one action per agent drawn uniformly among its available ones (avail [B,N,A] bool; `generator`
+    on avail's device)."""
+    keys = torch.rand(avail.shape, generator=generator, device=avail.device)
+    return torch.where(avail, keys + 1.0, 0.0).argmax(dim=-1)
 
 
 def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
@@ -140,7 +224,3 @@ def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
         assert key in step.episode, f"Step.episode lacks {key!r} (has {sorted(step.episode)})"
         assert tuple(step.episode[key].shape) == (B,), f"Step.episode[{key!r}]: expected ({B},)"
     assert bool(step.avail_actions.any(-1).all()), "every agent needs at least one available action"
-
-
-class EnvUnavailableError(RuntimeError):
-    """An env needs something outside Python that is missing (e.g. StarCraft II); the message says how to install it."""

@@ -33,7 +33,8 @@ class _BatchedParallelEnv(ParallelEnv):
     """ParallelEnv over one env of a batched grid env (PredatorPrey / PredatorCapturePrey)."""
 
     env_class: type = PredatorPrey
-    metadata: dict[str, Any] = {"name": "batched", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata: dict[str, Any] = {"name": "batched", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True,
+                                "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         if render_mode not in (None, *self.metadata["render_modes"]):
@@ -104,12 +105,16 @@ class _BatchedParallelEnv(ParallelEnv):
         ended = bool(self._last.terminated[0] or self._last.truncated[0])
         return (self._last.final_state if ended else self._last.state)[0].numpy().copy()
 
-    def render(self) -> str | None:
+    def render(self) -> str | np.ndarray | None:
         """'ansi': the grid as text, one line per row: '.' empty, 'X' prey, 'P' predator(s), 'C' capture agent(s),
-        '*' prey with an agent on it. None without a render mode."""
+        '*' prey with an agent on it. 'rgb_array': [H,W,3] uint8, the grid, prey, vision windows and agents drawn by
+        envs.render (no communication edges: this env has no graph; needs the [plot] extra). None without a render
+        mode. After an episode ended, both show the next episode's start (the batched env has begun it)."""
         if self.render_mode is None:
-            gymnasium.logger.warn("render() without a render_mode: construct with render_mode='ansi'")
+            gymnasium.logger.warn("render() without a render_mode: construct with render_mode='ansi' or 'rgb_array'")
             return None
+        if self.render_mode == "rgb_array":
+            return self.env.render_frame(0)
         dim = self.env.dim
         grid = [["."] * dim for _ in range(dim)]
         for r, c in self.env.predator_pos[0].tolist():
@@ -138,7 +143,8 @@ class PredatorPreyParallelEnv(_BatchedParallelEnv):
     """Predator-Prey (REFERENCE.md 6) as a PettingZoo ParallelEnv; defaults: 3 predators, 5x5, vision 1, 20 steps."""
 
     env_class = PredatorPrey
-    metadata = {"name": "predator_prey_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata = {"name": "predator_prey_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True,
+                "render_fps": 4}
 
 
 class PredatorCapturePreyParallelEnv(_BatchedParallelEnv):
@@ -146,4 +152,5 @@ class PredatorCapturePreyParallelEnv(_BatchedParallelEnv):
     agent, 5x5, vision 1, 20 steps."""
 
     env_class = PredatorCapturePrey
-    metadata = {"name": "predator_capture_prey_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata = {"name": "predator_capture_prey_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True,
+                "render_fps": 4}

@@ -31,14 +31,13 @@ Unavailable actions act as "stay" (a done agent's action and a predator's captur
 from __future__ import annotations
 
 import math
-import time
 from typing import Sequence
 
 import gymnasium
 import torch
 from torch import Tensor
 
-from envs.core import EnvSpec, Step, VecEnv, check_actions
+from envs.core import EnvConfigError, EnvSpec, FamilyInfo, Step, check_actions, check_int, check_num_envs
 
 UP, RIGHT, DOWN, LEFT, STAY, CAPTURE = 0, 1, 2, 3, 4, 5
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1), (0, 0))  # (d_row, d_col) of actions 0..4
@@ -153,32 +152,23 @@ class RecycledBuffers:
 # ----------------------------------------------------------------------------------------------- the envs
 
 
-def _check_int(key: str, value: object, low: int) -> int:
-    """`value` as an int >= low, else ValueError naming `key`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}={value!r}; must be an integer >= {low}")
-    if value < low:
-        raise ValueError(f"{key}={value}; must be >= {low}")
-    return value
-
-
-class _GridPursuit:
+class _GridPursuit(FamilyInfo):
     """Shared engine of PredatorPrey and PredatorCapturePrey: n_predators seeing predators, then n_capture blind
     capture agents (agent order), one static prey. See the module docstring for the rules."""
 
     def __init__(self, num_envs: int, device: torch.device | str, dim: int, n_predators: int, n_capture: int,
                  vision: int, episode_limit: int, n_actions: int):
-        self.num_envs = _check_int("num_envs", num_envs, 1)
+        self.num_envs = check_num_envs(num_envs)
         self.device = torch.device(device)
-        self.dim = _check_int("env.dim", dim, 1)
-        self.n_predators = _check_int("env.n_predators", n_predators, 1)
+        self.dim = check_int("env.dim", dim, 1)
+        self.n_predators = check_int("env.n_predators", n_predators, 1)
         self.n_capture = n_capture
-        self.vision = _check_int("env.vision", vision, 0)
-        self.episode_limit = _check_int("env.episode_limit", episode_limit, 1)
+        self.vision = check_int("env.vision", vision, 0)
+        self.episode_limit = check_int("env.episode_limit", episode_limit, 1)
         n_agents = n_predators + n_capture
         if dim * dim < n_agents + 1:
-            raise ValueError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
-                             f"that {n_agents} agents and the prey need")
+            raise EnvConfigError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
+                                 f"that {n_agents} agents and the prey need")
         n_cells, side = dim * dim, 2 * vision + 1
         self.n_cells, self.window_cells = n_cells, side * side
         self.cell_width = n_cells + 4
@@ -353,6 +343,14 @@ class _GridPursuit:
     def close(self) -> None:
         """Nothing to release."""
 
+    def render_frame(self, env_index: int = 0, graph: Tensor | None = None, gate: Tensor | None = None):
+        """[H,W,3] uint8 numpy image of env `env_index`: grid, prey, vision windows, agents, and the communication
+        edges of graph [N,N] bool (receiver i listens to sender j: arrow j -> i) with closed gates [N] marked
+        (envs.render.grid_frame; needs the [plot] extra)."""
+        from envs.render import render_grid_env
+
+        return render_grid_env(self, env_index, graph, gate)
+
     def state_dict(self) -> dict[str, Tensor]:
         """Everything the next step() depends on (for exact resume): positions, done flags, counters, RNG."""
         if self._generator is None:
@@ -444,7 +442,7 @@ class PredatorCapturePrey(_GridPursuit):
 
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", dim: int = 5, n_predators: int = 2,
                  n_capture: int = 1, vision: int = 1, episode_limit: int = 20):
-        super().__init__(num_envs, device, dim, n_predators, _check_int("env.n_capture", n_capture, 1), vision,
+        super().__init__(num_envs, device, dim, n_predators, check_int("env.n_capture", n_capture, 1), vision,
                          episode_limit, n_actions=6)
 
     @property
@@ -457,38 +455,3 @@ class PredatorCapturePrey(_GridPursuit):
         """As PredatorPrey.place; `capture` ([B,Nc,2] or [Nc,2]) moves the capture agents (None keeps them), and
         every capture agent becomes active (not captured)."""
         return self._place(predators, prey, capture)
-
-
-# ----------------------------------------------------------------------------------------------- throughput
-
-
-def random_available(avail: Tensor, generator: torch.Generator) -> Tensor:
-    """[B,N] long: one action per agent drawn uniformly among its available ones (avail [B,N,A] bool)."""
-    keys = torch.rand(avail.shape, generator=generator, device=avail.device)
-    return torch.where(avail, keys + 1.0, 0.0).argmax(dim=-1)
-
-
-def measure_throughput(env: VecEnv, steps: int = 200, warmup: int = 20, seed: int = 0) -> dict[str, float]:
-    """Agent-steps per second of `env` under random available actions.
-
-    Returns {"env_step": agent-steps/s counting only env.step, "with_sampling": counting the action sampling
-    too}. Set torch's thread count before calling (the reference numbers use torch.set_num_threads(1)).
-    """
-    gen = torch.Generator(device=env.device).manual_seed(seed)
-    out = env.reset(seed=seed)
-    for _ in range(warmup):
-        out = env.step(random_available(out.avail_actions, gen))
-    in_step = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        actions = random_available(out.avail_actions, gen)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
-        t0 = time.perf_counter()
-        out = env.step(actions)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
-        in_step += time.perf_counter() - t0
-    total = time.perf_counter() - start
-    agent_steps = steps * env.num_envs * env.spec.n_agents
-    return {"env_step": agent_steps / in_step, "with_sampling": agent_steps / total}

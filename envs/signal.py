@@ -12,19 +12,19 @@ import gymnasium
 import torch
 from torch import Tensor
 
-from envs.core import EnvSpec, Step, check_actions
+from envs.core import EnvConfigError, EnvSpec, FamilyInfo, Step, check_actions
 
 
-class SignalGame:
+class SignalGame(FamilyInfo):
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", n_agents: int = 3, n_symbols: int = 4,
                  shift: int = 1, agent_ids: bool = True) -> None:
         if n_agents < 2:
-            raise ValueError(f"env.n_agents={n_agents}; must be >= 2")
+            raise EnvConfigError(f"env.n_agents={n_agents}; must be >= 2")
         if n_symbols < 2:
-            raise ValueError(f"env.n_symbols={n_symbols}; must be >= 2")
+            raise EnvConfigError(f"env.n_symbols={n_symbols}; must be >= 2")
         if shift % n_agents == 0:
-            raise ValueError(f"env.shift={shift}; must not be a multiple of env.n_agents={n_agents} "
-                             "(the source would be the receiver itself)")
+            raise EnvConfigError(f"env.shift={shift}; must not be a multiple of env.n_agents={n_agents} "
+                                 "(the source would be the receiver itself)")
         self.num_envs, self.device = num_envs, torch.device(device)
         self.n_symbols, self.agent_ids = n_symbols, agent_ids
         obs_dim = n_symbols + (n_agents if agent_ids else 0)

@@ -20,7 +20,8 @@ How this adapter uses it (jaxmarl 0.2.0, REFERENCE.md 6):
 - Reward: SMAX's per-ally reward (enemy health lost, normalised, plus 1 on a win), the same for every ally, dead ones
   included. Global state: SMAX's world state (every unit's health, position, cooldown, type; teams; types).
 - Dead allies: zero observation, only action 4 ("stop", SMAX's no-op) available, alive and active False.
-- Arrays cross between jax and torch with DLPack (zero copy when both sit on the same device).
+- Arrays cross between jax and torch with DLPack (zero copy when both sit on the same device). The jax side (the
+  jaxmarl import and the jitted batched reset / step) lives in envs.smax_jax.
 - JAX's persistent compilation cache is switched on (``JAX_COMPILATION_CACHE_DIR`` if set, else
   ``~/.cache/commformer/jax``), so repeated runs skip most of the compile time.
 
@@ -30,15 +31,11 @@ resets with ``split(k, B)[b]``. Each step: ``key, k_step, k_reset = split(key, 3
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import io
+import importlib.util
 import logging
 import math
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,56 +44,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs.core import EnvSpec, Step, check_actions
+from envs.core import EnvConfigError, EnvSpec, FamilyInfo, Step, check_actions, check_num_envs
+from envs.smax_jax import (  # noqa: F401  (NOOP_ACTION: re-exported, the action tests and callers use)
+    MISSING_EXTRA, NOOP_ACTION, RESET_BOOLS, RESET_FLOATS, STEP_BOOLS, STEP_FLOATS, build_batched,
+    default_episode_limit, import_jaxmarl, scenarios,
+)
 
 log = logging.getLogger(__name__)
 
-# SMAX's discrete ally actions: 0-3 move, 4 stop (the no-op, the only action of a dead unit), 5 + j attack enemy j.
-NOOP_ACTION = 4
 ATTACK_MODES = ("closest", "random")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "commformer" / "jax"
-_MISSING = "SMAX needs the [smax] extra: pip install -e '.[smax]'"
-
-
-@contextlib.contextmanager
-def _quiet_backend_probe():
-    """Silence jax's INFO lines about accelerators it probes for and lacks (e.g. "Unable to initialize backend
-    'tpu'") while the backends start; the logger's level is restored afterwards."""
-    probe_log = logging.getLogger("jax._src.xla_bridge")
-    level = probe_log.level
-    probe_log.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        probe_log.setLevel(level)
-
-
-def import_jaxmarl() -> tuple[Any, Any]:
-    """Import jax and jaxmarl (ImportError naming the extra when absent).
-
-    jaxmarl's package import prints two lines and resets sys.stdout / sys.stderr to the interpreter's originals
-    (its optional brax import); the lines go to the debug log and the caller's streams are put back.
-    """
-    try:
-        import jax
-    except ImportError as err:
-        raise ImportError(_MISSING) from err
-    if "jaxmarl" in sys.modules:
-        return jax, sys.modules["jaxmarl"]
-    saved = sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__
-    sink = io.StringIO()
-    try:
-        sys.stdout = sys.__stdout__ = sink
-        with _quiet_backend_probe():  # jaxmarl builds jax arrays at import: the backends start here
-            import jaxmarl
-        import jaxmarl.environments.smax  # noqa: F401  (registers the scenarios)
-    except ImportError as err:
-        raise ImportError(_MISSING) from err
-    finally:
-        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
-    if sink.getvalue():
-        log.debug("jaxmarl import said: %s", sink.getvalue().strip())
-    return jax, jaxmarl
 
 
 def enable_compilation_cache(jax: Any) -> str:
@@ -109,31 +66,7 @@ def enable_compilation_cache(jax: Any) -> str:
     return path
 
 
-def default_episode_limit() -> int:
-    """SMAX's own step limit (its max_steps default, 100 in jaxmarl 0.2.0)."""
-    import_jaxmarl()
-    from jaxmarl.environments.smax import SMAX
-
-    return int(inspect.signature(SMAX.__init__).parameters["max_steps"].default)
-
-
-def scenarios() -> list[str]:
-    """The SMAX scenario names jaxmarl knows (needs the [smax] extra)."""
-    import_jaxmarl()
-    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
-
-    return sorted(MAP_NAME_TO_SCENARIO)
-
-
-# ----------------------------------------------------------------------------------------------- jax functions
-
-
-# Step fields as they travel from jax to torch: packed, flattened, into one f32 and one bool buffer per call
-# (two DLPack hand-overs instead of thirteen), unpacked in torch as views.
-RESET_FLOATS = ("obs", "state")
-RESET_BOOLS = ("avail_actions", "alive")
-STEP_FLOATS = ("obs", "state", "reward", "final_obs", "final_state", "return", "length", "won")
-STEP_BOOLS = ("avail_actions", "alive", "terminated", "truncated", "final_alive")
+# ----------------------------------------------------------------------------------------------- jax -> torch
 
 
 def field_shapes(num_envs: int, spec: EnvSpec) -> dict[str, tuple[int, ...]]:
@@ -154,100 +87,10 @@ def unpack(buffer: Tensor, names: tuple[str, ...], shapes: dict[str, tuple[int, 
     return {n: part.view(shapes[n]) for n, part in zip(names, torch.split(buffer, sizes))}
 
 
-@functools.lru_cache(maxsize=None)
-def _build(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bool) -> tuple:
-    """The jaxmarl env and its jitted batched reset / step, shared by every VecEnv with these settings.
-
-    Returns (env, reset_fn, step_fn):
-      reset_fn(key, B) -> (key, states, episode_return [B], episode_length [B], floats, bools)
-      step_fn(key, states, episode_return [B] f32, episode_length [B] f32, actions [B,N] i32)
-          -> (key, states, episode_return, episode_length, floats, bools)
-    states: the batched jaxmarl state; episode_return / episode_length: running sums of the unfinished episodes;
-    floats / bools: the fields RESET_* or STEP_* flattened and concatenated (shapes in field_shapes).
-    """
-    jax, jaxmarl = import_jaxmarl()
-    import jax.numpy as jnp
-    from jaxmarl.environments.smax import map_name_to_scenario
-
-    env = jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(scenario), max_steps=episode_limit,
-                       enemy_shoots=enemy_shoots, attack_mode=attack_mode)
-    agents, n_allies, max_steps = list(env.agents), env.num_allies, env.max_steps
-    noop = jnp.arange(env.num_ally_actions) == NOOP_ACTION  # [A]
-
-    def view_one(obs: dict, state: Any) -> dict:
-        """One env: obs dict + state -> obs [N,O], state [S], avail_actions [N,A], alive [N]; dead allies masked."""
-        alive = state.state.unit_alive[:n_allies]
-        o = jnp.stack([obs[a] for a in agents]).astype(jnp.float32)
-        avail_dict = env.get_avail_actions(state)
-        avail = jnp.stack([avail_dict[a] for a in agents]).astype(bool)
-        return {
-            "obs": jnp.where(alive[:, None], o, 0.0),
-            "state": obs["world_state"].astype(jnp.float32),
-            "avail_actions": jnp.where(alive[:, None], avail, noop[None, :]),
-            "alive": alive,
-        }
-
-    view = jax.vmap(view_one)
-
-    def pack(fields: dict, names: tuple[str, ...], dtype: Any) -> Any:
-        return jnp.concatenate([fields[n].astype(dtype).reshape(-1) for n in names])
-
-    def strong(tree: Any) -> Any:
-        """The same pytree with no weakly typed leaves, so reset and step outputs share one jit signature."""
-        return jax.tree.map(lambda x: x.astype(x.dtype), tree)
-
-    def where_done(done: Any, a: Any, b: Any) -> Any:
-        """Per env: a where done else b, for arrays with a leading batch axis B."""
-        return jnp.where(done.reshape(done.shape + (1,) * (a.ndim - 1)), a, b)
-
-    def reset_fn(key: Any, num_envs: int) -> tuple:
-        key, k_reset = jax.random.split(key)
-        obs, states = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
-        states = strong(states)
-        fields = view(obs, states)
-        zeros = jnp.zeros((num_envs,), jnp.float32)
-        return (key, states, zeros, zeros,
-                pack(fields, RESET_FLOATS, jnp.float32), pack(fields, RESET_BOOLS, bool))
-
-    def step_fn(key: Any, states: Any, ep_return: Any, ep_length: Any, actions: Any) -> tuple:
-        num_envs = actions.shape[0]
-        key, k_step, k_reset = jax.random.split(key, 3)
-        act = {a: actions[:, i] for i, a in enumerate(agents)}
-        obs, states, rewards, _, _ = jax.vmap(env.step_env)(jax.random.split(k_step, num_envs), states, act)
-        reward = jnp.stack([rewards[a] for a in agents], axis=-1).astype(jnp.float32)  # [B,N]
-        unit_alive = states.state.unit_alive
-        allies_out = ~jnp.any(unit_alive[:, :n_allies], axis=-1)
-        enemies_out = ~jnp.any(unit_alive[:, n_allies:], axis=-1)
-        terminated = allies_out | enemies_out
-        truncated = (states.state.step >= max_steps) & ~terminated
-        done = terminated | truncated
-        final = view(obs, states)
-
-        reset_obs, reset_states = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
-        states = strong(jax.tree.map(functools.partial(where_done, done), reset_states, states))
-        obs = jax.tree.map(functools.partial(where_done, done), reset_obs, obs)
-
-        ep_return = ep_return + reward.mean(axis=-1)
-        ep_length = ep_length + 1.0
-        fields = view(obs, states)
-        fields.update(
-            reward=reward, terminated=terminated, truncated=truncated,
-            final_obs=final["obs"], final_state=final["state"], final_alive=final["alive"],
-            won=done & enemies_out & ~allies_out,
-            **{"return": jnp.where(done, ep_return, 0.0), "length": jnp.where(done, ep_length, 0.0)},
-        )
-        ep_return = jnp.where(done, 0.0, ep_return)
-        ep_length = jnp.where(done, 0.0, ep_length)
-        return (key, states, ep_return, ep_length,
-                pack(fields, STEP_FLOATS, jnp.float32), pack(fields, STEP_BOOLS, bool))
-
-    return env, jax.jit(reset_fn, static_argnums=1), jax.jit(step_fn)
-
-
 # ----------------------------------------------------------------------------------------------- the VecEnv
 
 
-class SMAXVecEnv:
+class SMAXVecEnv(FamilyInfo):
     """B SMAX battles against the heuristic enemy, stepped together in one jitted jax call per step.
 
     num_envs B, device (torch device of every returned tensor), scenario (a jaxmarl SMAX map, e.g. "3m", "2s3z",
@@ -256,28 +99,36 @@ class SMAXVecEnv:
     SMAX numbers are not comparable to real SMAC (see the module docstring).
     """
 
+    results_note = "SMAX numbers are not comparable to SMAC"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """The [smax] extra's install line when jax or jaxmarl cannot be found (neither is imported), else None."""
+        if importlib.util.find_spec("jax") is None or importlib.util.find_spec("jaxmarl") is None:
+            return MISSING_EXTRA
+        return None
+
     def __init__(self, num_envs: int, device: torch.device | str = "cpu", scenario: str = "3m",
                  episode_limit: int | None = None, attack_mode: str = "closest", enemy_shoots: bool = True) -> None:
         jax, _ = import_jaxmarl()
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}; must be >= 1")
+        check_num_envs(num_envs)
         allowed = scenarios()
         if scenario not in allowed:
-            raise ValueError(f"env.scenario={scenario!r}; allowed: {allowed}")
+            raise EnvConfigError(f"env.scenario={scenario!r}; allowed: {allowed}")
         if episode_limit is not None and (not isinstance(episode_limit, int) or isinstance(episode_limit, bool)
                                           or episode_limit < 1):
-            raise ValueError(f"env.episode_limit={episode_limit!r}; must be an integer >= 1 or null")
+            raise EnvConfigError(f"env.episode_limit={episode_limit!r}; must be an integer >= 1 or null")
         if attack_mode not in ATTACK_MODES:
-            raise ValueError(f"env.attack_mode={attack_mode!r}; allowed: {list(ATTACK_MODES)}")
+            raise EnvConfigError(f"env.attack_mode={attack_mode!r}; allowed: {list(ATTACK_MODES)}")
         if not isinstance(enemy_shoots, bool):
-            raise ValueError(f"env.enemy_shoots={enemy_shoots!r}; must be true or false")
+            raise EnvConfigError(f"env.enemy_shoots={enemy_shoots!r}; must be true or false")
         self._jax = jax
         self.cache_dir = enable_compilation_cache(jax)
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.scenario = scenario
         limit = default_episode_limit() if episode_limit is None else episode_limit
-        self._env, self._reset_fn, self._step_fn = _build(scenario, limit, attack_mode, enemy_shoots)
+        self._env, self._reset_fn, self._step_fn = build_batched(scenario, limit, attack_mode, enemy_shoots)
         self._jax_device = _jax_device(jax, self.device)
         self.spec = _spec(self._env)
         self._shapes = field_shapes(num_envs, self.spec)
@@ -299,10 +150,10 @@ class SMAXVecEnv:
         B, N = self.num_envs, self.spec.n_agents
         zeros_b = torch.zeros(B, device=self.device)
         no_b = torch.zeros(B, dtype=torch.bool, device=self.device)
-        return Step(
+        return Step.alive_is_active(
             obs=f["obs"], state=f["state"], avail_actions=b["avail_actions"],
             reward=torch.zeros(B, N, device=self.device), terminated=no_b, truncated=no_b.clone(),
-            alive=b["alive"], active=b["alive"].clone(),
+            alive=b["alive"],
             final_obs=f["obs"].clone(), final_state=f["state"].clone(), final_alive=b["alive"].clone(),
             episode={"return": zeros_b, "length": zeros_b.clone(), "won": zeros_b.clone()},
         )
@@ -325,9 +176,9 @@ class SMAXVecEnv:
         self._carry = (states, ep_return, ep_length)
         f = unpack(self._to_torch(floats), STEP_FLOATS, self._shapes)
         b = unpack(self._to_torch(bools), STEP_BOOLS, self._shapes)
-        return Step(
+        return Step.alive_is_active(
             obs=f["obs"], state=f["state"], avail_actions=b["avail_actions"], reward=f["reward"],
-            terminated=b["terminated"], truncated=b["truncated"], alive=b["alive"], active=b["alive"].clone(),
+            terminated=b["terminated"], truncated=b["truncated"], alive=b["alive"],
             final_obs=f["final_obs"], final_state=f["final_state"], final_alive=b["final_alive"],
             episode={"return": f["return"], "length": f["length"], "won": f["won"]},
         )

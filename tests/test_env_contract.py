@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from envs.core import check_step
+from envs.core import check_step, random_available
 from envs.registry import make_env
 
 CONF_ENV = Path(__file__).resolve().parent.parent / "conf" / "env"
@@ -41,12 +41,6 @@ def load(path: Path) -> dict:
     return cfg
 
 
-def sample(avail: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """[B,N] long: uniformly random available actions (avail [B,N,A] bool)."""
-    keys = torch.rand(avail.shape, generator=gen)
-    return torch.where(avail.cpu(), keys + 1.0, 0.0).argmax(dim=-1)
-
-
 def test_every_config_is_found():
     names = {p.stem for p in CONF_ENV.glob("*.yaml")}
     assert {"pp", "pp_easy", "pp_medium", "pp_hard", "pcp", "pcp_medium"} <= names
@@ -67,7 +61,7 @@ def test_steps_follow_the_contract(path):
         finished = 0
         obs_changed = False
         for _ in range(spec.episode_limit + 3):
-            actions = sample(out.avail_actions, gen)
+            actions = random_available(out.avail_actions.cpu(), gen)
             assert bool(out.avail_actions.cpu().gather(2, actions[..., None]).all())
             out = env.step(actions.to(out.obs.device))
             check_step(out, B, spec)
@@ -111,7 +105,7 @@ def test_same_seed_same_steps(path):
                 assert torch.equal(a.episode[key], b.episode[key]), f"step {t}: episode[{key!r}] differs"
             if t == 10:
                 break
-            actions = [sample(o.avail_actions, g) for o, g in zip(outs, gens)]
+            actions = [random_available(o.avail_actions.cpu(), g) for o, g in zip(outs, gens)]
             outs = [env.step(act.to(env.device)).to("cpu") for env, act in zip(envs, actions)]
     finally:
         for env in envs:

@@ -10,7 +10,8 @@ from pettingzoo.test import parallel_api_test
 
 from envs import export
 from envs.export import PredatorCapturePreyParallelEnv, PredatorPreyParallelEnv
-from envs.predator_prey import DOWN, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey, random_available
+from envs.core import random_available
+from envs.predator_prey import DOWN, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey
 
 PAIRS = [(PredatorPreyParallelEnv, PredatorPrey), (PredatorCapturePreyParallelEnv, PredatorCapturePrey)]
 IDS = ["pp", "pcp"]

@@ -13,9 +13,10 @@ from mpe2 import simple_speaker_listener_v4, simple_spread_v3
 from omegaconf import OmegaConf
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.core import STEP_TENSORS, check_step
-from envs.pettingzoo import PettingZooVecEnv, chunk_sizes
+from envs.core import STEP_TENSORS, check_step, random_available
+from envs.pettingzoo import PettingZooVecEnv
 from envs.registry import make_env
+from envs.workers import chunk_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "env"
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -86,12 +87,6 @@ class LeavingEnv(ParallelEnv):
         return obs, rewards, terms, truncs, infos
 
 
-def random_actions(step, generator: torch.Generator) -> torch.Tensor:
-    """[B,N] actions drawn uniformly from each agent's available actions."""
-    B, N, A = step.avail_actions.shape
-    return torch.multinomial(step.avail_actions.reshape(B * N, A).float(), 1, generator=generator).view(B, N)
-
-
 def stacked(d: dict, agents) -> np.ndarray:
     return np.stack([np.asarray(d[a], dtype=np.float32) for a in agents])
 
@@ -116,7 +111,7 @@ def test_simple_spread_equals_raw_env_step_by_step(B):
         for b in range(B):
             assert np.array_equal(step.obs[b].numpy(), stacked(raw_obs[b], agents))
             assert np.array_equal(step.state[b].numpy(), raws[b].state())
-        actions = random_actions(step, g)
+        actions = random_available(step.avail_actions, g)
         step = env.step(actions)
         for b, raw in enumerate(raws):
             obs, rew, term, trunc, _ = raw.step({a: int(actions[b, i]) for i, a in enumerate(agents)})
@@ -262,7 +257,7 @@ def test_workers_equal_in_process(factory, kwargs):
             assert a.episode.keys() == b.episode.keys()
             assert all(torch.equal(a.episode[k], b.episode[k]) for k in a.episode)
             ends += int(a.done.sum())
-            actions = random_actions(a, g)
+            actions = random_available(a.avail_actions, g)
             a, b = local.step(actions), pooled.step(actions)
         assert ends >= 4  # every copy finished at least one episode
     finally:
@@ -283,7 +278,7 @@ def test_main_process_steps_the_last_chunk():
             for name in STEP_TENSORS:
                 assert torch.equal(getattr(a, name), getattr(b, name)), name
             assert all(torch.equal(a.episode[k], b.episode[k]) for k in a.episode)
-            actions = random_actions(a, g)
+            actions = random_available(a.avail_actions, g)
             a, b = local.step(actions), pooled.step(actions)
         procs = list(pooled.pool.procs)
     finally:

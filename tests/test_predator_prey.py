@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from envs import predator_prey
-from envs.core import check_step
+from envs.core import check_step, random_available
 from envs.predator_prey import (
-    CAPTURE, DOWN, LEFT, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey, RecycledBuffers, random_available,
+    CAPTURE, DOWN, LEFT, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey, RecycledBuffers,
 )
 
 BATCHES = [1, 64]

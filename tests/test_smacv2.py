@@ -24,14 +24,20 @@ import pytest
 import torch
 import yaml
 
-from envs.core import EnvUnavailableError, check_step
+from envs.core import EnvUnavailableError, check_step, plain, random_available
 from envs.registry import META_KEYS, make_env
-from envs.smacv2 import (
-    SMACv2GameFactory, SMACv2VecEnv, accumulate_episodes, alive_from_avail, broadcast_reward, build_game_kwargs,
-    check_sc2_install, chunk_sizes, outcome_from_infos, replace_finished, reseed_generators, spec_from_env_info,
-    stack_games, to_plain, to_step, worker_main,
+from envs.smacv2 import SMACv2VecEnv
+from envs.smacv2_convert import (
+    accumulate_episodes, alive_from_avail, broadcast_reward, build_game_kwargs, outcome_from_infos, replace_finished,
+    spec_from_env_info, stack_games, to_step,
 )
+from envs.smacv2_games import SMACv2GameFactory, reseed_generators, worker_main
+from envs.smacv2_install import check_sc2_install
+from envs.workers import chunk_sizes
 import envs.smacv2 as smacv2_module
+import envs.smacv2_convert as smacv2_convert
+import envs.smacv2_games as smacv2_games
+import envs.smacv2_install as smacv2_install
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "env"
@@ -263,7 +269,7 @@ def test_omegaconf_configs_become_plain_containers():
     cap = kwargs["capability_config"]
     assert type(cap) is dict and type(cap["team_gen"]) is dict and type(cap["team_gen"]["unit_types"]) is list
     assert cap["team_gen"]["exception_unit_types"] == ["medivac"] and cap["n_enemies"] == 11
-    assert to_plain(cfg) == yaml.safe_load((CONF / "smacv2_terran_10_vs_11.yaml").read_text())
+    assert plain(cfg) == yaml.safe_load((CONF / "smacv2_terran_10_vs_11.yaml").read_text())
 
 
 def test_build_game_kwargs_classic_map():
@@ -330,7 +336,7 @@ def test_install_checks_run_in_order(tmp_path, monkeypatch):
     check_sc2_install("10gen_protoss", str(root))
     # everything there but the Python package
     monkeypatch.setenv("SC2PATH", str(root))
-    monkeypatch.setattr(smacv2_module, "smacv2_installed", lambda: False)
+    monkeypatch.setattr(smacv2_install, "smacv2_installed", lambda: False)
     message = _one_line_error(lambda: SMACv2VecEnv(num_envs=1, device="cpu", map_name="3m"))
     assert message.startswith("Python package smacv2 not importable: pip install the [smacv2] setup")
 
@@ -361,8 +367,10 @@ def test_make_env_accepts_every_config_and_reaches_the_install_check(monkeypatch
             make_env(cfg, num_envs=2)
 
 
-def test_module_imports_neither_smacv2_nor_pysc2_at_top_level():
-    tree = ast.parse(Path(smacv2_module.__file__).read_text())
+@pytest.mark.parametrize("module", [smacv2_module, smacv2_convert, smacv2_games, smacv2_install],
+                         ids=lambda m: m.__name__)
+def test_module_imports_neither_smacv2_nor_pysc2_at_top_level(module):
+    tree = ast.parse(Path(module.__file__).read_text())
     names = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
     names += [node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)]
     assert names and not [n for n in names if n.split(".")[0] in ("smacv2", "pysc2")]
@@ -397,7 +405,8 @@ def test_vecenv_on_scripted_games(scripted_env):
     assert out.alive[:, 2].tolist() == [False] * 3 and out.active[:, 2].tolist() == [False] * 3
     assert out.obs[:, 2].abs().sum() == 0 and out.avail_actions[:, 2].tolist() == [[True] + [False] * 7] * 3
 
-    with pytest.raises(ValueError, match=r"^step\(\): actions\[0, 2\]=1 is not available; allowed: \[0\]$"):
+    with pytest.raises(ValueError, match=r"^step\(\): action 1 of agent 'agent_2' in env 0 is not available; "
+                                         r"available: \[0\]$"):
         env.step(stop)
     acts = stop.clone()
     acts[:, 2] = 0
@@ -447,7 +456,8 @@ def test_out_of_range_action_is_rejected(scripted_env):
     scripted_env.reset()
     acts = torch.full((3, N), STOP, dtype=torch.long)
     acts[1, 1] = A
-    with pytest.raises(ValueError, match=rf"^step\(\): actions\[1, 1\]={A} is not available; allowed: \[1, 2,"):
+    with pytest.raises(ValueError, match=rf"^step\(\): action {A} of agent 'agent_1' in env 1 is not available; "
+                                         r"available: \[1, 2,"):
         scripted_env.step(acts)
 
 
@@ -624,7 +634,7 @@ def _random_play(name: str, num_envs: int, max_steps: int) -> list[dict]:
         check_step(out, num_envs, env.spec)
         seen = torch.zeros(num_envs, dtype=torch.bool)
         for _ in range(max_steps):
-            acts = torch.multinomial(out.avail_actions.flatten(0, 1).float(), 1, generator=gen).view(num_envs, -1)
+            acts = random_available(out.avail_actions, gen)
             out = env.step(acts)
             check_step(out, num_envs, env.spec)
             assert torch.equal(out.obs[~out.alive], torch.zeros_like(out.obs[~out.alive]))

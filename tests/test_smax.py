@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from envs import smax
-from envs.core import check_step
+from envs.core import check_step, random_available
 from envs.registry import make_env
 
 with contextlib.suppress(ImportError):
@@ -45,12 +45,6 @@ def env():
 def raw():
     """jaxmarl's own env, stepped one battle at a time (no vmap, no auto-reset)."""
     return jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario("3m"))
-
-
-def sample(avail: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """[B,N] long: uniformly random available actions (avail [B,N,A] bool)."""
-    keys = torch.rand(avail.shape, generator=gen)
-    return torch.where(avail, keys + 1.0, 0.0).argmax(dim=-1)
 
 
 def stop(num_envs: int = B) -> torch.Tensor:
@@ -125,7 +119,7 @@ def test_random_play_follows_contract_and_episode_stats(env):
     gen = torch.Generator().manual_seed(1)
     length, ret, ends = torch.zeros(B), torch.zeros(B, dtype=torch.float64), 0
     for _ in range(60):
-        out = env.step(sample(out.avail_actions, gen))
+        out = env.step(random_available(out.avail_actions, gen))
         check_step(out, B, env.spec)
         assert not (out.terminated & out.truncated).any()
         assert torch.equal(out.active, out.alive)
@@ -254,7 +248,7 @@ def test_matches_jaxmarl_for_the_same_keys_and_actions(env, raw):
         raw_states.append(strong(state))
     gen = torch.Generator().manual_seed(seed)
     for _ in range(8):
-        actions = sample(out.avail_actions, gen)
+        actions = random_available(out.avail_actions, gen)
         out = env.step(actions)
         key, k_step, k_reset = step_keys(key, B)
         for b in range(B):
@@ -275,7 +269,7 @@ def test_matches_jaxmarl_for_the_same_keys_and_actions(env, raw):
 def run(env, seed: int, steps: int = 12) -> list:
     out, gen, trace = env.reset(seed=seed), torch.Generator().manual_seed(0), []
     for _ in range(steps):
-        out = env.step(sample(out.avail_actions, gen))
+        out = env.step(random_available(out.avail_actions, gen))
         trace.append(out)
     return trace
 
@@ -376,7 +370,7 @@ def test_other_scenarios(scenario):
     assert (e.spec.n_agents, e.spec.n_actions) == (n, a)
     out, gen = e.reset(seed=0), torch.Generator().manual_seed(0)
     for _ in range(5):
-        out = e.step(sample(out.avail_actions, gen))
+        out = e.step(random_available(out.avail_actions, gen))
         check_step(out, 2, e.spec)
 
 

@@ -92,16 +92,18 @@ def test_resume_equals_straight_run(tmp_path):
     cont_cfg = dataclasses.replace(make_config(tmp_path / "elsewhere", **common),
                                    resume=str(tmp_path / "resumed" / "checkpoints" / "last.pt"))
     resumed = Trainer(cont_cfg, tmp_path / "elsewhere")
-    assert resumed.run_dir == tmp_path / "resumed"  # continues in the checkpoint's run folder
+    # continues in the folder it is given, its metrics.csv carried over; the checkpoint's own folder is not written
+    assert resumed.run_dir == tmp_path / "elsewhere"
     assert resumed.iteration == 2 and resumed.env_steps == 32
     resumed.train()
     assert resumed.iteration == 4 and resumed.env_steps == 64
     assert state_equal(resumed.agent.state_dict(), straight.agent.state_dict())
     assert state_equal(resumed.opt.state_dict(), straight.opt.state_dict())
     _, rows_straight = read_csv(tmp_path / "straight" / "metrics.csv")
-    _, rows_resumed = read_csv(tmp_path / "resumed" / "metrics.csv")
+    _, rows_resumed = read_csv(tmp_path / "elsewhere" / "metrics.csv")
     assert [r["iteration"] for r in rows_resumed] == ["1", "2", "3", "4"]
     assert without_perf(rows_resumed) == without_perf(rows_straight)
+    assert [r["iteration"] for r in read_csv(tmp_path / "resumed" / "metrics.csv")[1]] == ["1", "2"]
 
 
 def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
@@ -134,9 +136,8 @@ def test_baselines_run(tmp_path):
 def test_cuda_request_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
-    cfg = make_config(tmp_path, device="cuda")
-    with pytest.raises(ValueError, match="device='cuda'"):
-        Trainer(cfg, tmp_path)
+    with pytest.raises(ValueError, match="device='cuda'"):  # checked when the config is loaded, before any env
+        Trainer(make_config(tmp_path, device="cuda"), tmp_path)
 
 
 def test_signal_env_config_is_used(tmp_path):

@@ -1,12 +1,18 @@
-"""Throughput benchmarks: env-only (random available actions) and end-to-end training (rollout / update split).
+"""Throughput benchmarks: env-only (random available actions), end-to-end training (rollout / update split), and a
+same-run comparison of two revisions.
 
-`python scripts/benchmark.py [--suite env|train|all] [--quick] [--out table.md]` prints markdown tables.
-Numbers are env steps (or agent-steps) per second with torch pinned to --threads threads (default 1).
+`python scripts/benchmark.py [--suite env|train|all] [--quick] [--out table.md]` prints markdown tables of absolute
+numbers: env steps (or agent-steps) per second with torch pinned to --threads threads (default 1); they depend on
+the load the machine is under.
+`python scripts/benchmark.py --compare REV [--pairs 3] [--preset authors_pp|smax_3m|default] [--overrides "k=v ..."]`
+runs this checkout's and REV's own scripts/train.py interleaved and reports speedups (commformer/analysis/compare.py),
+which hold up under shared load where absolute numbers do not.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +20,9 @@ from typing import Any
 import torch
 import yaml
 
+from commformer.analysis.compare import PRESETS, compare_main
 from commformer.analysis.tables import md_table
+from commformer.errors import guarded, positive_int, script_logging
 from envs.core import random_available
 from envs.registry import family_unavailable, make_env
 
@@ -135,7 +143,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="few steps (a smoke check, not a measurement)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    g = p.add_argument_group("comparison of two revisions (--compare)")
+    g.add_argument("--compare", metavar="REV", default=None,
+                   help="a git revision (or another checkout's folder) to compare this checkout with")
+    g.add_argument("--pairs", type=positive_int, default=3, help="interleaved A B pairs (default 3)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named overrides: " + "; ".join(f"{k}: {' '.join(v) or '(none)'}" for k, v in PRESETS.items()))
+    g.add_argument("--overrides", default="", help='extra Hydra overrides for both sides, e.g. "total_env_steps=16000"')
+    g.add_argument("--b-overrides", default="", help="extra overrides for side B only (to compare two settings)")
+    g.add_argument("--no-warmup", action="store_true", help="skip the short untimed run of each side first")
     args = p.parse_args(argv)
+    if args.compare is not None:
+        script_logging()
+        text = guarded(lambda: compare_main(args.compare, args.pairs, args.preset, args.overrides.split(),
+                                            args.b_overrides.split(), args.out, warmup=not args.no_warmup))
+        sys.stdout.write(text)
+        return
     torch.set_num_threads(args.threads)
     parts = [f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
              f"{os.cpu_count()} CPUs"]
@@ -146,6 +169,4 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n\n".join(parts) + "\n"
     if args.out:
         args.out.write_text(text)
-    import sys
-
     sys.stdout.write(text)

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 from commformer.analysis import stats
 from commformer.analysis.runs import Run, curve
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT
+from commformer.errors import MissingExtraError
 from envs.registry import family_note
 
 
@@ -15,7 +16,7 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install -e '.[plot]' (or pip install matplotlib)") from None
+        raise MissingExtraError("--plot needs matplotlib: pip install -e '.[plot]' (or pip install matplotlib)") from None
     return matplotlib
 
 

@@ -20,8 +20,8 @@ import torch
 
 from commformer.analysis import stats
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_ci
-from commformer.errors import guarded, positive_int, script_logging
-from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from commformer.errors import UsageError, guarded, positive_int, script_logging
+from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, non_finite
 from envs.registry import family_note
 
 log = logging.getLogger("commformer")
@@ -58,6 +58,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="temporal gate (gated runs only): threshold (p > 0.5), open, sample; auto (default): open "
                         "during warmup, else threshold")
     p.add_argument("--n-boot", type=positive_int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})")
+    p.add_argument("--video", default=None, metavar="FILE.gif|FILE.mp4",
+                   help="also render evaluation episodes of the (single) checkpoint: the state, the communication "
+                        "edges (sender -> receiver) and closed gates at every step (Predator-Prey family, MPE, SMAX; "
+                        "needs the [plot] extra; .mp4 also imageio-ffmpeg)")
+    p.add_argument("--video-episodes", type=positive_int, default=3,
+                   help="episodes in the video, played one after another from --seed (default 3)")
     p.add_argument("--out", default=None, metavar="FILE.json|FILE.csv",
                    help="also write the results (JSON keeps the per-episode values; CSV one row per metric)")
     return p
@@ -92,9 +98,9 @@ def parse_device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"--device={text!r}; allowed: cpu, cuda, cuda:<index>") from None
+        raise UsageError(f"--device={text!r}; allowed: cpu, cuda, cuda:<index>") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={text!r}: CUDA is not available here; allowed: cpu")
+        raise UsageError(f"--device={text!r}: CUDA is not available here; allowed: cpu")
     return device
 
 
@@ -156,6 +162,10 @@ def load_run(arg: str | Path) -> LoadedRun:
         if key not in state:
             raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry; expected a file written by "
                                   "commformer's trainer")
+    bad = non_finite({"model": state["model"], "graph": state["graph"]})
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {bad} is not finite (the run diverged); refusing to "
+                              "evaluate it")
     try:
         cfg = from_yaml(state["config"])
     except (ValueError, TypeError) as e:
@@ -286,7 +296,7 @@ def evaluation_csv_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 def output_format(out: str) -> str:
     suffix = Path(out).suffix.lower()
     if suffix not in (".json", ".csv"):
-        raise ValueError(f"--out={out!r}; must end in .json or .csv")
+        raise UsageError(f"--out={out!r}; must end in .json or .csv")
     return suffix[1:]
 
 
@@ -310,7 +320,18 @@ def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.out is not None:
         output_format(args.out)
     device = parse_device(args.device)
+    if args.video is not None:
+        from commformer.analysis.video import require_imageio, video_format
+
+        video_format(args.video)
+        require_imageio()
+        if len(args.checkpoints) != 1:
+            raise UsageError(f"--video takes one checkpoint; got {len(args.checkpoints)}")
     runs = [load_run(c) for c in args.checkpoints]  # every file is checked before any evaluation starts
+    if args.video is not None:
+        from commformer.analysis.video import video_main
+
+        video_main(runs[0], args.video, device, args.graph, args.gate, args.seed, args.video_episodes)
     results = []
     for run in runs:
         result = evaluate_run(run, args.episodes, args.seed, device, args.graph, args.gate, args.n_boot)

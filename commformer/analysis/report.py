@@ -18,7 +18,7 @@ import numpy as np
 from commformer.analysis import stats
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_ci, write_text
 from commformer.analysis.runs import Run, final_value, find_run_dirs, read_run
-from commformer.errors import guarded, positive_int, script_logging
+from commformer.errors import UsageError, guarded, positive_int, script_logging
 from envs.registry import family_note
 
 log = logging.getLogger("commformer")
@@ -64,16 +64,18 @@ def _steps_text(steps: Sequence[int]) -> str:
 
 
 def summarise_group(key: tuple[str, str], runs: Sequence[Run], requested: str | None,
-                    n_boot: int = N_BOOT) -> dict[str, Any] | None:
-    """The report row of one (env, algo) group; None when none of its runs logs the metric."""
+                    n_boot: int = N_BOOT, skipped: list[str] | None = None) -> dict[str, Any] | None:
+    """The report row of one (env, algo) group; None when none of its runs logs the metric (the reason is appended
+    to `skipped`, else logged as a warning)."""
+    note = skipped.append if skipped is not None else (lambda text: log.warning("%s", text))
     metric = pick_metric(runs, requested)
     if metric is None:
-        log.warning("%s / %s: no run logs any of %s; skipped", key[0], key[1], ", ".join(METRIC_PREFERENCE))
+        note(f"{key[0]} / {key[1]}: no run logs any of {', '.join(METRIC_PREFERENCE)}; skipped")
         return None
     finals = [(r, final_value(r.rows, metric)) for r in runs]
     used = [(r, f) for r, f in finals if f is not None]
     if not used:
-        log.warning("%s / %s: no run logs %s; skipped", key[0], key[1], metric)
+        note(f"{key[0]} / {key[1]}: no run logs {metric}; skipped")
         return None
     values = np.array([f[0] for _, f in used])
     notes = []
@@ -169,15 +171,23 @@ def _report(args: argparse.Namespace) -> list[dict[str, Any]]:
         require_matplotlib()  # before any work
     dirs = find_run_dirs(args.roots)
     if not dirs:
-        raise FileNotFoundError(f"no run folders (a folder with metrics.csv and config.yaml) under "
-                                f"{', '.join(map(str, args.roots))}")
+        raise UsageError(f"no run folders (a folder with metrics.csv and config.yaml) under "
+                         f"{', '.join(map(str, args.roots))}")
     runs = [r for r in (read_run(d) for d in dirs) if r is not None]
+    if not runs:
+        raise UsageError(f"none of the {len(dirs)} run folder(s) under {', '.join(map(str, args.roots))} could be "
+                         "read (each is named in a warning above)")
     groups = group_runs(runs)
+    skipped: list[str] = []
     rows = [row for key, members in groups.items()
-            if (row := summarise_group(key, members, args.metric, args.n_boot)) is not None]
-    if not rows:
-        wanted = args.metric or " / ".join(METRIC_PREFERENCE)
-        raise ValueError(f"--metric={wanted!r}: no run among {len(runs)} logs it")
+            if (row := summarise_group(key, members, args.metric, args.n_boot, skipped)) is not None]
+    if not rows:  # the error line says it all
+        if args.metric is not None:
+            raise UsageError(f"--metric={args.metric!r}: no run among {len(runs)} logs it")
+        raise UsageError(f"no run among {len(runs)} logged an evaluation ({' / '.join(METRIC_PREFERENCE)}); "
+                         "runs evaluate every eval_every iterations and at the end")
+    for text in skipped:
+        log.warning("%s", text)
     table = rows + (aggregate_rows(rows, args.n_boot) if args.aggregate else [])
     text = report_markdown(table, args.n_boot)
     sys.stdout.write(text)

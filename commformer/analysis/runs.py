@@ -10,6 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from commformer.errors import UsageError
+
 log = logging.getLogger("commformer")
 
 
@@ -58,7 +60,7 @@ def find_run_dirs(roots: Sequence[str | Path]) -> list[Path]:
     for root in roots:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"run folder {str(root)!r} does not exist (give a run folder or a folder of runs)")
+            raise UsageError(f"run folder {str(root)!r} does not exist (give a run folder or a folder of runs)")
         for csv_path in [root / "metrics.csv", *root.rglob("metrics.csv")]:
             if csv_path.is_file() and (csv_path.parent / "config.yaml").is_file():
                 found.add(csv_path.parent.resolve())
@@ -66,19 +68,32 @@ def find_run_dirs(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def read_run(path: Path) -> Run | None:
-    """Parse a run folder; None (with a warning) when its config lacks env.name, env.family or algo.name."""
+    """Parse a run folder; None (with a warning naming the file) when its config.yaml is not a YAML mapping with
+    env.name, env.family and algo.name, or when its metrics.csv is not a readable CSV text file."""
+    config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as e:
-        log.warning("%s: config.yaml is not valid YAML (%s); skipped", path, str(e).splitlines()[0])
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        log.warning("%s: not a readable YAML file (%s); skipped", config_file, str(e).splitlines()[0])
+        return None
+    if not isinstance(config, Mapping):
+        log.warning("%s: holds a YAML %s, not a run's config (a mapping); skipped", config_file,
+                    type(config).__name__)
         return None
     env, algo = config.get("env") or {}, config.get("algo") or {}
     if not isinstance(env, Mapping) or not isinstance(algo, Mapping) or not all(
             (env.get("name"), env.get("family"), algo.get("name"))):
-        log.warning("%s: config.yaml lacks env.name, env.family or algo.name; skipped", path)
+        log.warning("%s: lacks env.name, env.family or algo.name; skipped", config_file)
         return None
-    with (path / "metrics.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with metrics_file.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        log.warning("%s: not a readable CSV text file (%s); skipped", metrics_file, type(e).__name__)
+        return None
+    if rows and "\x00" in "".join(rows[0].keys() if rows[0] else ""):
+        log.warning("%s: not a CSV text file (NUL bytes); skipped", metrics_file)
+        return None
     return Run(path, str(env["name"]), str(env["family"]), str(algo["name"]), config.get("seed"),
                flatten(config), rows)
 

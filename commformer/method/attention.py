@@ -10,11 +10,22 @@ Tensors inside use a heads-last layout: q [B,Nq,heads,dh], k / v [B,Nk,heads,dh]
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 N_LABELS = 2
+
+
+class Relations(NamedTuple):
+    """The edge-label terms of one attention: rq, rk [L,heads,dh] (label embeddings projected into query and key
+    space) and c [heads,L] = rq_l . rk_l. They depend on the weights only, so acting computes them once per set of
+    weights (CommFormer.acting_constants) while a training pass recomputes them with their gradient."""
+
+    rq: Tensor
+    rk: Tensor
+    c: Tensor
 
 
 def masked_weights(logits: Tensor, mask: Tensor) -> Tensor:
@@ -51,32 +62,39 @@ class RelationAttention(nn.Module):
         e = self.label.weight
         return self.split(self.rel_q(e)), self.split(self.rel_k(e))
 
+    def relation_terms(self) -> Relations:
+        """Relations(rq, rk, c) of the current weights."""
+        rq, rk = self.relations()
+        return Relations(rq, rk, (rq * rk).sum(-1).T)
+
     def project_kv(self, key: Tensor) -> tuple[Tensor, Tensor]:
         """key [...,Nk,H] -> (k, v), each [...,Nk,heads,dh]."""
         k, v = self.kv(key).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
-    def scores(self, q: Tensor, k: Tensor, label0: Tensor, rel: tuple[Tensor, Tensor]) -> Tensor:
+    def scores(self, q: Tensor, k: Tensor, label0: Tensor, rel: Relations) -> Tensor:
         """Scaled relation scores: q [B,Nq,h,dh], k [B,Nk,h,dh], label0 [Nq,Nk] bool (edge label 0 there, else 1)
         -> [B,h,Nq,Nk]. Expanded as q.k + q.rk_l + rq_l.k + rq_l.rk_l so only q.k is a full product."""
-        rq, rk = rel  # [L,h,dh]
+        rq, rk, c = rel  # [L,h,dh], [L,h,dh], [h,L]
         qk = torch.einsum("bihd,bjhd->bhij", q, k)
         q_rk = torch.einsum("bihd,lhd->bhil", q, rk)  # [B,h,Nq,L]
         rq_k = torch.einsum("bjhd,lhd->bhlj", k, rq)  # [B,h,L,Nk]
-        c = (rq * rk).sum(-1).T  # [h,L]
         r0 = q_rk[..., 0:1] + rq_k[..., 0:1, :] + c[:, 0, None, None]
         r1 = q_rk[..., 1:2] + rq_k[..., 1:2, :] + c[:, 1, None, None]
         return (qk + torch.where(label0, r0, r1)) * self.scale
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
-        """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection)."""
-        w = self.drop(masked_weights(self.scores(q, k, label0, self.relations()), mask))
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor,
+               rel: Relations | None = None) -> Tensor:
+        """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection).
+        rel: relation_terms() of the current weights (computed here when None)."""
+        rel = self.relation_terms() if rel is None else rel
+        w = self.drop(masked_weights(self.scores(q, k, label0, rel), mask))
         return self.out(torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
 
-    def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor, rel: Relations | None = None) -> Tensor:
         """query [B,Nq,H], key [B,Nk,H], mask [B,Nq,Nk] f32, label0 [Nq,Nk] bool -> [B,Nq,H]."""
         k, v = self.project_kv(key)
-        return self.attend(self.split(self.q(query)), k, v, mask, label0)
+        return self.attend(self.split(self.q(query)), k, v, mask, label0, rel)
 
     def values(self, x: Tensor) -> Tensor:
         """Output of attending to one key only (weight 1 on it): out(v(x)). x [...,H] -> [...,H]."""
@@ -93,11 +111,13 @@ class EncoderLayer(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
-    def forward(self, h: Tensor, mask: Tensor, label0: Tensor, gate: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor, label0: Tensor, gate: Tensor | None,
+                rel: Relations | None = None) -> Tensor:
         """h [B,N,H], mask M [B,N,N] f32, label0 [N,N] bool (the self-loop), gate [B,N] f32 or None -> [B,N,H].
+        rel: the attention's relation_terms(), when the caller holds them (acting).
 
         With a gate: out_i = g_i * attn(M)_i + (1 - g_i) * attn(self only)_i (REFERENCE.md 5)."""
-        a = self.attn(h, h, mask, label0)
+        a = self.attn(h, h, mask, label0, rel)
         if gate is not None:
             g = gate[..., None]
             a = g * a + (1.0 - g) * self.attn.values(h)

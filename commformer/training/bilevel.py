@@ -10,6 +10,7 @@ Graph modes other than learned have no alpha: every epoch steps the network.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -69,6 +70,10 @@ def split_columns(num_envs: int, fraction: float) -> tuple[Tensor, Tensor]:
     return cols[num_envs - n_up:], cols[: num_envs - n_up]
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or gradient that is NaN or infinite; the message names the quantity (no parameter was changed by it)."""
+
+
 @dataclass
 class Optimisers:
     network: torch.optim.Optimizer
@@ -96,12 +101,17 @@ class Optimisers:
         self.network.zero_grad(set_to_none=True)
         if self.graph is not None:
             self.graph.zero_grad(set_to_none=True)
+        level = "upper level (alpha)" if upper else "lower level (network)"
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteError(f"the PPO loss is not finite ({loss.detach().item()}) in a {level} step")
         loss.backward()
         opt, params = (self.graph, self.graph_params) if upper else (self.network, self.network_params)
         assert opt is not None, "an upper-level step needs a learned graph"
-        norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
+        norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+        if not math.isfinite(norm):
+            raise NonFiniteError(f"the gradient norm of the {level} is not finite ({norm})")
         opt.step()
-        return float(norm)
+        return norm
 
     def state_dict(self) -> dict:
         return {"network": self.network.state_dict(),

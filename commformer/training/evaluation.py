@@ -2,6 +2,8 @@
 p > 0.5, on an env reseeded with the same seed every time, one episode per eval env."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from commformer.method.graph import messages_per_step
@@ -16,13 +18,39 @@ def episodes_per_env(episodes: int, num_envs: int) -> int:
     return -(-episodes // num_envs)
 
 
+@dataclass
+class EvalDetails:
+    """What one evaluation's agents did, beyond the metrics (the run's graph history records it).
+
+    graph [N,N] bool (receiver i, sender j): the acting graph of the first step (evaluation's graph is fixed:
+    top-k(alpha), the full graph during warmup, or the fixed graph of modes full/none/random).
+    gate_open [N] f32: per agent, the fraction of its live steps with the gate open (NaN for an agent never alive);
+    None without a gate."""
+
+    graph: torch.Tensor
+    gate_open: torch.Tensor | None
+
+
 @torch.no_grad()
 def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_how: str = "deterministic",
              gate_how: str = "threshold", episodes: int | None = None) -> dict[str, float]:
     """Run the first m = ceil(episodes / B) episodes of each of the env's B copies (episodes defaults to B);
     returns eval/return, eval/steps, eval/<task metric> (means over the B*m episodes), eval/episodes and
     comm/eval_messages_per_step. graph_how / gate_how: a policy.GraphChoice / GateChoice."""
+    return evaluate_with_details(agent, env, seed, device, graph_how, gate_how, episodes)[0]
+
+
+@torch.no_grad()
+def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.device,
+                          graph_how: str = "deterministic", gate_how: str = "threshold",
+                          episodes: int | None = None) -> tuple[dict[str, float], EvalDetails]:
+    """evaluate()'s metrics plus its EvalDetails (the acting graph and each agent's gate-open rate)."""
     B = env.num_envs
+    N = env.spec.n_agents
+    first_graph: torch.Tensor | None = None
+    gated = False
+    gate_open = torch.zeros(N, dtype=torch.float64, device=device)
+    live_steps = torch.zeros(N, dtype=torch.float64, device=device)
     m = episodes_per_env(episodes or B, B)
     step = env.reset(seed=seed).to(device)
     count = torch.zeros(B, dtype=torch.long, device=device)
@@ -33,6 +61,13 @@ def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_h
         live = count < m
         messages += float(messages_per_step(out.graph, step.alive, out.gate)[live].sum())
         msg_steps += int(live.sum())
+        if first_graph is None:
+            first_graph = out.graph[0].clone()
+        if out.gate is not None:
+            gated = True
+            counted = (live[:, None] & step.alive).double()  # [B,N]: live episodes' live agents
+            gate_open += (out.gate.double() * counted).sum(0)
+            live_steps += counted.sum(0)
         step = env.step(out.actions.to(env.device)).to(device)
         new = step.done & live
         if bool(new.any()):
@@ -49,4 +84,7 @@ def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_h
     out = {f"eval/{'steps' if k == 'length' else k}": float(v.sum()) / n for k, v in sums.items()}
     out["eval/episodes"] = float(n)
     out["comm/eval_messages_per_step"] = messages / max(msg_steps, 1)
-    return out
+    assert first_graph is not None, "evaluation ran no step"
+    rate = torch.where(live_steps > 0, gate_open / live_steps.clamp(min=1.0), float("nan"))
+    details = EvalDetails(first_graph.bool().cpu(), rate.float().cpu() if gated else None)
+    return out, details

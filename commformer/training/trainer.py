@@ -5,21 +5,26 @@ The config is the only switch: envs come from envs.registry.make_env(cfg.env), b
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
+import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from commformer.training.bilevel import Optimisers, choices, phase
-from commformer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from commformer.config import Config, from_yaml, to_yaml
-from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate
+from commformer.training.bilevel import NonFiniteError, Optimisers, choices, phase
+from commformer.config import Config, to_yaml
+from commformer.errors import TrainingStopped, UserError
+from commformer.training.checkpoint import CheckpointError, non_finite, remove_stale_temps, save_checkpoint
+from commformer.training.resume import carry_files, plan_resume
+from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate_with_details
+from commformer.training.graph_history import GraphHistory, graph_record
 from commformer.method.graph import CommGraph, messages_per_step
 from commformer.training.logger import Logger
+from commformer.training.media import graph_media
 from commformer.method.model import CommFormer, ModelShape
 from commformer.method.policy import Agent
 from commformer.training.ppo import ValueNorm
@@ -30,9 +35,10 @@ from envs.registry import make_env
 
 log = logging.getLogger("commformer")
 
-# Keys a resumed run takes from the command line instead of the checkpoint's config.
-RESUME_OVERRIDABLE = ("total_env_steps", "eval_every", "checkpoint_every", "logger", "device", "torch_threads",
-                      "run_dir", "resume")
+
+
+class RunFolderError(UserError):
+    """The run folder cannot be written."""
 
 
 def git_revision() -> str:
@@ -53,25 +59,28 @@ def build_agent(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, device
     return Agent(model, graph, a.decoder_graph_grad).to(device)
 
 
-def resumed_config(saved: Config, current: Config) -> Config:
-    """The checkpoint's config with the keys of RESUME_OVERRIDABLE taken from the current command."""
-    return replace(saved, **{k: getattr(current, k) for k in RESUME_OVERRIDABLE})
+def resumed_wandb_id(ckpt: dict[str, Any], run_dir: Path) -> str | None:
+    """The wandb run a resume continues: the checkpoint's, when the run goes on in the folder that wrote it; a copy
+    of the folder is a run of its own and gets a new wandb run (None)."""
+    recorded = ckpt.get("run_dir")
+    if not ckpt.get("wandb_id") or not recorded:
+        return None
+    return str(ckpt["wandb_id"]) if Path(recorded).resolve() == Path(run_dir).resolve() else None
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path) -> None:
+    def __init__(self, cfg: Config, run_dir: str | Path, overrides: Sequence[str] | None = None) -> None:
+        """cfg: a checked Config; with cfg.resume set, the checkpoint's run continues (commformer.training.resume) in
+        `run_dir`, the folder this Trainer is given (the command line passes the resumed folder itself). overrides: the
+        command line's key=value strings, when there is one (a resume then takes only the keys it sets)."""
         ckpt = None
         if cfg.resume:
-            ckpt = load_checkpoint(cfg.resume, map_location="cpu")
-            try:
-                cfg = resumed_config(from_yaml(ckpt["config"]), cfg)
-            except (KeyError, ValueError) as e:
-                raise CheckpointError(f"checkpoint {cfg.resume!r} holds no valid config ({e})") from None
-            run_dir = Path(ckpt["run_dir"]) if Path(ckpt.get("run_dir", "")).is_dir() else Path(run_dir)
+            ckpt, cfg = plan_resume(cfg, overrides)
+            carry_files(cfg.resume, Path(run_dir))
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.stop_signal: int | None = None
+        self.saved_iteration: int | None = int(ckpt["iteration"]) if ckpt is not None else None
         torch.set_num_threads(cfg.torch_threads)
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={cfg.device!r}: CUDA is not available here; allowed: cpu")
         self.device = torch.device(cfg.device)
         self.env = make_env(cfg.env, cfg.num_envs, self.device)
         self.eval_env = make_env(cfg.env, cfg.eval_env_count, self.device)
@@ -83,17 +92,26 @@ class Trainer:
         self.collector = Collector(self.env, cfg.rollout_length, cfg.algo.gate, self.device, self.generator)
         self.iteration, self.env_steps = 0, 0
         self.last_eval: dict[str, float] = {}
+        self.last_record: dict[str, Any] | None = None  # the last evaluation's graph-history record
         self.last_graph: torch.Tensor | None = None
         if ckpt is not None:
             self.restore(ckpt)
         else:
             self.collector.reset(cfg.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        (self.run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (self.run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+        except OSError as e:
+            self.close()
+            raise RunFolderError(f"run folder {str(self.run_dir)!r} cannot be written: {e.strerror or e} "
+                                 "(give a writable run_dir or hydra.run.dir)") from None
+        remove_stale_temps(self.run_dir / "checkpoints")
         self.logger = Logger(cfg.logger, self.run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
-                             cfg.total_env_steps, self.run_name, start_env_steps=self.env_steps,
-                             resume_iteration=self.iteration if ckpt is not None else None)
+                             cfg.iterations * cfg.batch_env_steps, self.run_name, start_env_steps=self.env_steps,
+                             resume_iteration=self.iteration if ckpt is not None else None,
+                             wandb_id=None if ckpt is None else resumed_wandb_id(ckpt, self.run_dir))
+        self.history = GraphHistory(self.run_dir, resume_iteration=self.iteration if ckpt is not None else None)
 
     @property
     def run_name(self) -> str:
@@ -112,6 +130,8 @@ class Trainer:
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "current_step": None if cur is None else {k: getattr(cur, k).cpu() for k in STEP_TENSORS},
             "env": self.env.state_dict() if hasattr(self.env, "state_dict") else None,
+            "last_eval": dict(self.last_eval),
+            "wandb_id": self.logger.wandb_id,
         }
         return state
 
@@ -125,6 +145,7 @@ class Trainer:
             self.generator.set_state(ckpt["rng"]["generator"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             self.iteration, self.env_steps = int(ckpt["iteration"]), int(ckpt["env_steps"])
+            self.last_eval = {k: float(v) for k, v in (ckpt.get("last_eval") or {}).items()}
             if self.agent.graph.learned:  # as iterate() left it after the update that preceded the save
                 self.last_graph = self.agent.graph.deterministic()
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -139,17 +160,45 @@ class Trainer:
             self.collector.reset(self.cfg.seed + 7919 * self.iteration)
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.state())
+        """Write checkpoints/last.pt; never over a finite checkpoint with non-finite weights (TrainingStopped)."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        bad = non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()})
+        if bad is not None:
+            raise TrainingStopped(f"iteration {self.iteration}: {bad} is not finite; {path} was not overwritten "
+                                  f"({self.kept_text()})")
+        save_checkpoint(path, self.state())
+        self.saved_iteration = self.iteration
+        return path
+
+    def kept_text(self) -> str:
+        """What a stopped run keeps: the iteration of its last checkpoint."""
+        if self.saved_iteration is None:
+            return "no checkpoint had been written yet"
+        return f"checkpoints/last.pt of iteration {self.saved_iteration} is kept"
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         self.agent.eval()
         ph = phase(max(self.iteration - 1, 0), self.cfg.iterations, self.cfg.algo)
         graph_how, gate_how = choices(ph, evaluating=True)
-        out = evaluate(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device, graph_how, gate_how,
-                       episodes=self.cfg.eval_episode_count)
+        out, details = evaluate_with_details(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device,
+                                             graph_how, gate_how, episodes=self.cfg.eval_episode_count)
         self.agent.train()
+        # every evaluation leaves a record in graph_history.jsonl (commformer/training/graph_history.py)
+        self.last_record = graph_record(self.agent.graph, details, out, self.iteration, self.env_steps, graph_how)
+        self.history.append(self.last_record)
         return out
+
+    def eval_media(self) -> dict[str, Any] | None:
+        """The dashboard images of the last evaluation (alpha or the acting graph, gate-open rates), when the logger
+        records images."""
+        rec = self.last_record
+        if rec is None or not self.logger.wants_media:
+            return None
+        scores = rec["alpha"] if rec["alpha"] is not None else rec["graph"]
+        rates = None if rec["gate_open"] is None else [float("nan") if r is None else r for r in rec["gate_open"]]
+        return graph_media(scores, rec["graph"], rates,
+                           title="alpha" if rec["alpha"] is not None else f"graph ({rec['mode']})")
 
     def iterate(self) -> dict[str, Any]:
         """One iteration: rollout, update, and the row of metrics for it."""
@@ -160,7 +209,16 @@ class Trainer:
         t0 = time.perf_counter()
         ro = self.collector.collect(self.agent, graph_how, gate_how, denorm)
         t1 = time.perf_counter()
-        stats = ppo_update(self.agent, ro, self.opt, self.vnorm, cfg.algo, cfg.ppo_epochs, ph)
+        try:
+            stats = ppo_update(self.agent, ro, self.opt, self.vnorm, cfg.algo, cfg.ppo_epochs, ph)
+        except NonFiniteError as e:
+            raise TrainingStopped(f"iteration {self.iteration + 1}: {e}; training stopped before that step "
+                                  f"({self.kept_text()}; lower algo.lr / algo.graph_lr or check the env's rewards)"
+                                  ) from None
+        bad = non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()})
+        if bad is not None:
+            raise TrainingStopped(f"iteration {self.iteration + 1}: parameter {bad} is not finite after the update; "
+                                  f"training stopped ({self.kept_text()}; lower algo.lr / algo.graph_lr)")
         t2 = time.perf_counter()
         self.iteration += 1
         self.env_steps += cfg.batch_env_steps
@@ -193,32 +251,65 @@ class Trainer:
         return row
 
     def train(self) -> dict[str, float]:
-        """Run until the budget is spent; returns the final evaluation."""
+        """Run until the budget is spent; returns the final evaluation. SIGINT / SIGTERM end the run after the current
+        iteration with a checkpoint (TrainingStopped, exit status 128 + the signal); a second SIGINT stops at once."""
         cfg = self.cfg
+        previous = self._catch_signals()
         try:
             if cfg.eval_at_start and self.iteration == 0:
                 self.last_eval = self.evaluate()
-                self.logger.log({"iteration": 0, "env_steps": 0, **self.last_eval})
+                self.logger.log({"iteration": 0, "env_steps": 0, **self.last_eval}, media=self.eval_media())
+            if self.iteration >= cfg.iterations and not self.last_eval:  # a finished run from an older checkpoint
+                self.last_eval = self.evaluate()
             while self.iteration < cfg.iterations:
                 row = self.iterate()
                 last = self.iteration >= cfg.iterations
                 if self.iteration % cfg.eval_every == 0 or last:
                     self.last_eval = self.evaluate()
                     row.update(self.last_eval)
-                self.logger.log(row)
-                if self.iteration % cfg.checkpoint_every == 0 or last:
+                    self.logger.log(row, media=self.eval_media())
+                else:
+                    self.logger.log(row)
+                if self.iteration % cfg.checkpoint_every == 0 or last or self.stop_signal is not None:
                     self.save()
+                if self.stop_signal is not None and not last:
+                    name = signal.Signals(self.stop_signal).name
+                    raise TrainingStopped(f"stopped by {name} after iteration {self.iteration}: checkpoint written to "
+                                          f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with "
+                                          f"resume={self.run_dir}", exit_code=128 + self.stop_signal)
             self.logger.summary(self.summary_lines())
         finally:
+            self._restore_signals(previous)
             self.logger.close()
             self.close()
         return self.last_eval
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """Route SIGINT / SIGTERM to a flag checked after each iteration (main thread only); returns the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("%s received: stopping after this iteration with a checkpoint (Ctrl-C again to stop now)",
+                        signal.Signals(signum).name)
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
     def summary_lines(self) -> list[str]:
         g = self.agent.graph
         lines = [f"run folder: {self.run_dir}", f"env steps: {self.env_steps}  iterations: {self.iteration}"]
         lines += [f"final {k}: {v:.4g}" for k, v in self.last_eval.items()]
-        if g.learned:
+        if g.learned and self.iteration <= self.cfg.algo.warmup_iters:
+            lines.append("graph: full (the run ended in warm-up; alpha never stepped)")
+        elif g.learned:
             det = g.deterministic().int().tolist()
             lines.append(f"graph (k={g.k}, top-k of alpha, row = receiver): {det}")
             m = g.margins()

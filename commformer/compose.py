@@ -1,0 +1,134 @@
+"""Composing and checking a run's config before anything is written (no run folder, no env, no worker).
+
+`scripts/train.py` composes every job of the command here first (each combination of a `-m` sweep), with Hydra's
+compose API and the same conf/ tree, converts it to the typed Config (commformer.config.load_config, every check) and,
+for `resume=`, checks the checkpoint and what the command may change. Hydra's own multi-line errors become one line
+naming the override and the closest allowed names. Only then does Hydra's app start and make the run folder.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+
+from commformer.config import GROUPS, Config, ConfigError, closest, load_config, unknown_key_line
+
+# Command-line flags of Hydra's app that print something instead of training: no validation then.
+INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
+
+
+def override_key(override: str) -> str:
+    """The dotted key of an override ('+algo.lr=1' -> 'algo.lr', 'env=pcp' -> 'env', '~seed' -> 'seed')."""
+    key = override.split("=", 1)[0]
+    return key.lstrip("+~").split("@", 1)[0].strip()
+
+
+def group_options(group: str, conf_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def hydra_error_line(e: Exception, overrides: Sequence[str], conf_dir: Path) -> str:
+    """One line for an exception of Hydra's compose: the override at fault and the closest allowed names."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(e)
+    if isinstance(e, MissingConfigException):
+        missing = str(getattr(e, "missing_cfg_file", "") or "")
+        group, _, option = missing.partition("/")
+        options = list(getattr(e, "options", None) or group_options(group, conf_dir))
+        if group and option:
+            return (f"{group}={option}: no such option (conf/{group}/{option}.yaml does not exist)"
+                    f"{closest(option, options)}; allowed: {', '.join(options)}")
+        return text.strip().splitlines()[0]
+    if isinstance(e, OverrideParseException):
+        bad = next((o for o in overrides if o in text), None) or " ".join(overrides)
+        return f"cannot parse the override(s) {bad!r}: {text.splitlines()[0]} (write key=value; quote lists and strings)"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        value = next((o.split("=", 1)[1] for o in overrides if override_key(o) == key and "=" in o), "?")
+        return unknown_key_line(key, value)
+    if first.startswith("Error merging override "):
+        bad = first[len("Error merging override "):]
+        cause = e.__cause__
+        reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else "bad value"
+        return f"{bad}: {reason}"
+    return first
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of a `-m` command: the cartesian product of every sweep override's values (Hydra's basic sweeper
+    order), each job a list of plain overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    axes = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def _compose(overrides: Sequence[str], conf_dir: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
+            return compose("config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_job(overrides: Sequence[str], conf_dir: Path) -> Config:
+    """The typed, checked Config of one job's overrides (hydra.* overrides are Hydra's own and left out here);
+    ConfigError with one line on any bad override or value. A `resume=` is checked too (commformer.training.resume)."""
+    mine = [o for o in overrides if not override_key(o).startswith("hydra")]
+    # env.<key>=... for a key the chosen env config lacks: compose it as +env.<key> so the env family's schema
+    # (checked in load_config) names the allowed keys
+    mine = [f"+{o}" if o.startswith("env.") else o for o in mine]
+    try:
+        cfg = _compose(mine, conf_dir)
+    except Exception as e:  # Hydra's composition errors: converted to one line
+        plain = [o[1:] if o.startswith("+env.") else o for o in mine]
+        if ("already" in str(e) or "+" in str(e)) and any(o.startswith("+env.") for o in mine):  # the key exists: override, not append
+            try:
+                cfg = _compose(plain, conf_dir)
+            except Exception as e2:
+                raise ConfigError(hydra_error_line(e2, plain, conf_dir)) from None
+        else:
+            raise ConfigError(hydra_error_line(e, plain, conf_dir)) from None
+    config = load_config(OmegaConf.to_container(cfg, resolve=False))
+    if config.resume:
+        from commformer.training.resume import plan_resume
+
+        plan_resume(config, mine)
+    return config
+
+
+def rebuild_sweep(overrides: Sequence[str], jobs: Sequence[Sequence[str]], rejected: set[int]) -> list[str]:
+    """The overrides of a `-m` command without the sweep values whose every job was rejected (so Hydra never
+    composes them); jobs rejected only in combination stay (the job itself skips them)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    out = []
+    axis = 0
+    for o in parsed:
+        if not o.is_sweep_override():
+            out.append(o.input_line)
+            axis += 1
+            continue
+        key = o.get_key_element()
+        values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        kept = [v for v in values
+                if any(j not in rejected for j, job in enumerate(jobs) if job[axis] == v)]
+        out.append(f"{key}=" + ",".join(v.split("=", 1)[1] for v in kept))
+        axis += 1
+    return out
