@@ -129,6 +129,14 @@ class AlgoConfig:
     """Huber delta of the value loss"""
     value_norm: bool = True
     """running value normaliser of the value targets"""
+    value_clip: bool = True
+    """clip the value prediction around the rollout's (same epsilon as the policy) and take the worse loss"""
+    lr_decay: bool = False
+    """decay the network's and the gate's learning rates linearly to 0 over the run (alpha's stays constant)"""
+    entropy_coef_final: Optional[float] = None
+    """entropy weight at the end of the run, reached linearly from entropy_coef (null: constant)"""
+    reward_scale: float = 1.0
+    """multiply every reward by this before GAE (the logged returns stay the env's)"""
     gamma: float = 0.99
     """discount"""
     gae_lambda: float = 0.95
@@ -163,6 +171,9 @@ class AlgoConfig:
                f"algo.gate_init_p={self.gate_init_p}; must be in [0.003, 0.997] (the gate's logit is bounded to +-6)")
         _check(0 <= self.comm_cost < math.inf, f"algo.comm_cost={self.comm_cost}; must be >= 0 and finite")
         _check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
+        _check(self.entropy_coef_final is None or 0 <= self.entropy_coef_final < math.inf,
+               f"algo.entropy_coef_final={self.entropy_coef_final}; must be >= 0 and finite (or null: constant)")
+        _positive_finite("algo.reward_scale", self.reward_scale)
         for key in ("value_coef", "entropy_coef"):
             value = getattr(self, key)
             _check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
@@ -198,7 +209,8 @@ class LoggerConfig:
     media: bool = True
     """wandb images at each evaluation: the alpha (or fixed graph) heatmap and the per-agent gate-open rates"""
     video: bool = False
-    """a wandb video of an evaluation episode at the end of the run (when the env renders frames)"""
+    """at the end of the run, one evaluation episode of the final checkpoint as videos/final.gif and a wandb video
+    (envs that draw frames; the [plot] extra)"""
     tensorboard: bool = False
     """also write TensorBoard event files (needs the [tensorboard] extra)"""
     progress: bool = True

@@ -142,6 +142,15 @@ class PettingZooVecEnv(FamilyInfo):
             final_obs=t["final_obs"], final_state=t["final_state"], final_alive=t["final_alive"],
             episode={"return": t["ep_return"], "length": t["ep_length"]})
 
+    def copy_env(self, env_index: int) -> Any:
+        """The ParallelEnv of copy `env_index` when the copies run in this process (workers 0 or 1; a renderer reads
+        its world from it); EnvConfigError otherwise."""
+        group = self.group
+        if group is None or not 0 <= env_index < len(group.envs):
+            raise EnvConfigError(f"env_index={env_index}: no in-process copy (num_envs={self.num_envs}, "
+                                 f"env.workers={self.workers}; in-process copies need env.workers=0)")
+        return group.envs[env_index]
+
     def close(self) -> None:
         """Shut the workers down (or close the in-process copies); safe to call twice."""
         if self.pool is not None:

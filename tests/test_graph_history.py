@@ -173,3 +173,14 @@ def test_evaluate_video_bad_suffix_exits_2_with_one_line(tiny_pp_run, tmp_path, 
     assert e.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--video" in lines[0] and ".gif" in lines[0], lines
+
+
+def test_evaluate_video_of_an_env_that_cannot_draw_exits_2_with_one_line(tmp_path, capsys):
+    Trainer(make_config(tmp_path / "signal", iterations=1), tmp_path / "signal").train()
+    capsys.readouterr()  # the training's own log lines
+    with pytest.raises(SystemExit) as e:
+        evaluate_main([str(tmp_path / "signal"), "--episodes", "2", "--video", str(tmp_path / "x.gif")])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot draw frames" in lines[0] and "predator_prey" in lines[0], lines
+    assert not (tmp_path / "x.gif").exists()

@@ -106,6 +106,7 @@ def test_media_become_wandb_images_only_with_logger_media(tmp_path, monkeypatch,
     """log(media=...) turns figures and arrays into wandb images at the row's env_steps (logger.media=true); with
     logger.media=false nothing is pictured."""
     pytest.importorskip("wandb")
+    pytest.importorskip("PIL")  # wandb pictures arrays and figures with Pillow
     isolate_wandb(monkeypatch, tmp_path / "wandb_home")
     logger = Logger(quiet(wandb="offline", project="commformer-tests", media=media_on), tmp_path, {}, 100, "run")
     assert logger.wants_media is media_on

@@ -212,3 +212,15 @@ def test_explained_variance():
     assert explained_variance(t, t, mask) == pytest.approx(1.0)
     assert explained_variance(torch.full((5,), 2.5), t, mask) == pytest.approx(0.0)
     assert math.isnan(explained_variance(t, torch.ones(5), mask))
+
+
+def test_value_loss_without_clipping_is_plain_huber():
+    from commformer.training.ppo import value_loss
+
+    v = torch.tensor([[0.0, 3.0]])
+    old = torch.tensor([[0.0, 0.0]])
+    tgt = torch.tensor([[1.0, 3.0]])
+    active = torch.ones(1, 2, dtype=torch.bool)
+    # clipped at 0.2: the second entry's clipped prediction is 0.2, far from its target 3.0
+    assert value_loss(v, old, tgt, active, 0.2, 10.0) > value_loss(v, old, tgt, active, None, 10.0)
+    torch.testing.assert_close(value_loss(v, old, tgt, active, None, 10.0), torch.tensor(0.25))  # (0.5 * 1 + 0) / 2

@@ -8,8 +8,9 @@ pytest.importorskip("PIL")
 
 from envs.export import PredatorCapturePreyParallelEnv, PredatorPreyParallelEnv  # noqa: E402
 from envs.predator_prey import PredatorCapturePrey, PredatorPrey  # noqa: E402
-from envs.render import (BLOCKED, CLOSED, EDGE, LEGEND_HEIGHT, PREY, cell_centre, grid_geometry, grid_scene,  # noqa: E402
-                         mpe_agent_pixels)
+from envs.render import (BLOCKED, CLOSED, EDGE, LEGEND_HEIGHT, PREY, cell_centre,  # noqa: E402
+                         grid_geometry, grid_scene)
+from envs.render_adapters import mpe_agent_pixels  # noqa: E402
 
 CELL, MARGIN = 64, 8  # grid_frame's defaults
 
@@ -119,7 +120,7 @@ def test_mpe_frame_has_edges_at_the_agents_pixels():
     """simple_spread through the PettingZoo adapter: mpe2's own frame is agent-coloured at mpe_agent_pixels'
     centres, and the 0 -> 1 edge crosses the midpoint between agents 0 and 1 (nothing orange without a graph)."""
     pytest.importorskip("mpe2")
-    from envs.render import make_render_env
+    from envs.registry import make_render_env
 
     cfg = {"name": "mpe", "family": "pettingzoo", "factory": "mpe2.simple_spread_v3:parallel_env",
            "kwargs": {"N": 3, "continuous_actions": False, "max_cycles": 25}, "episode_limit": 25}
@@ -138,5 +139,26 @@ def test_mpe_frame_has_edges_at_the_agents_pixels():
         (x0, y0), (x1, y1) = centres[0], centres[1]
         assert is_edge(frame, (x0 + x1) / 2, (y0 + y1) / 2)
         assert np.all(frame[:-LEGEND_HEIGHT] == EDGE, axis=-1).sum() > 100
+    finally:
+        env.close()
+
+
+def test_smax_frame_draws_edges_between_live_allies():
+    """SMAX 3m through jaxmarl's own drawing (SMAX.init_render): orange appears with an edge between two live
+    allies and not without a graph (the legend strip aside)."""
+    pytest.importorskip("jaxmarl")
+    from envs.registry import make_render_env
+
+    env = make_render_env({"name": "smax", "family": "smax", "scenario": "3m"})
+    try:
+        env.reset(seed=0)
+
+        def orange(frame):
+            f = frame[:-LEGEND_HEIGHT].astype(int)
+            return int(((f[..., 0] > 200) & (abs(f[..., 1] - 128) < 40) & (f[..., 2] < 80)).sum())
+
+        assert orange(env.render_frame(0, None, None)) == 0
+        with_edge = env.render_frame(0, only(2, 0), torch.tensor([True, True, True]))  # allies 0, 1 touch
+        assert with_edge.dtype == np.uint8 and with_edge.shape[2] == 3 and orange(with_edge) > 20
     finally:
         env.close()

@@ -148,3 +148,51 @@ def test_signal_env_config_is_used(tmp_path):
     finally:
         tr.logger.close()
         tr.close()
+
+
+def test_best_checkpoint_follows_the_best_evaluation(tmp_path, monkeypatch):
+    """checkpoints/best.pt holds the state of the evaluation with the highest eval/success (later wins ties); the
+    summary names it beside last.pt."""
+    from commformer.training.checkpoint import load_checkpoint
+
+    cfg = make_config(tmp_path, env=TINY_PP, iterations=4, eval_every=1)
+    tr = Trainer(cfg, tmp_path)
+    scores = iter([0.5, 0.9, 0.2, 0.9])
+    real = tr.evaluate
+
+    def evaluate():
+        out = real()
+        out["eval/success"] = next(scores)
+        return out
+
+    monkeypatch.setattr(tr, "evaluate", evaluate)
+    tr.train()
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["iteration"] == 4 and best["best"] == {"key": "eval/success", "score": 0.9, "iteration": 4}
+    assert load_checkpoint(tmp_path)["iteration"] == 4
+    lines = tr.summary_lines()
+    assert any(line.startswith("best checkpoint:") and "0.9 at iteration 4" in line for line in lines)
+
+
+def test_training_options_schedule_lr_entropy_and_scale_rewards(tmp_path, monkeypatch):
+    """algo.lr_decay: lr = lr0 * (1 - i / iterations) in iteration i (0-based); algo.entropy_coef_final: the entropy
+    weight moves linearly; algo.reward_scale multiplies the rollout's rewards before GAE."""
+    import commformer.training.trainer as trainer_module
+
+    cfg = make_config(tmp_path, env=TINY_PP, iterations=4, algo={"lr_decay": True, "lr": 1e-3, "entropy_coef": 0.02,
+                                                                 "entropy_coef_final": 0.0, "reward_scale": 10.0})
+    tr = Trainer(cfg, tmp_path)
+    seen = []
+    real = trainer_module.ppo_update
+
+    def spy(agent, ro, opt, vnorm, algo, epochs, ph):
+        seen.append((opt.network.param_groups[0]["lr"], algo.entropy_coef, float(ro.rewards.min())))
+        return real(agent, ro, opt, vnorm, algo, epochs, ph)
+
+    monkeypatch.setattr(trainer_module, "ppo_update", spy)
+    rows = [tr.iterate() for _ in range(4)]
+    assert [round(lr, 12) for lr, _, _ in seen] == [1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    assert [round(e, 12) for _, e, _ in seen] == [0.02, 0.015, 0.01, 0.005]
+    assert all(r == pytest.approx(-0.5) for _, _, r in seen)  # -0.05 per predator-step, times 10
+    assert rows[1]["train/lr"] == pytest.approx(7.5e-4) and rows[1]["train/entropy_coef"] == pytest.approx(0.015)
+    assert all(-1.0 <= row["train/return"] <= 0 for row in rows if row["train/return"] == row["train/return"])

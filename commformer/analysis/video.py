@@ -1,6 +1,6 @@
 """Evaluation episodes of a checkpoint as a video (`scripts/evaluate.py RUN --video out.gif`).
 
-One env copy that draws its frames (envs.render.make_render_env: the Predator-Prey family, MPE and other PettingZoo
+One env copy that draws its frames (envs.registry.make_render_env: the Predator-Prey family, MPE and other PettingZoo
 envs, SMAX) plays `episodes` episodes with argmax actions and the evaluation's graph and gate (the --graph / --gate
 choices of scripts/evaluate.py). Before each step the frame of the current state is drawn with that step's
 communication edges (sender -> receiver arrows) and closed gates, under a caption line (episode, step, messages).
@@ -35,10 +35,12 @@ def video_format(path: str | Path) -> str:
 
 
 def require_imageio():
+    """imageio.v3, after checking Pillow too (the renderers draw with it); MissingExtraError naming the extra."""
     try:
+        import PIL  # noqa: F401
         import imageio.v3 as iio
-    except ImportError:
-        raise MissingExtraError("--video needs imageio: pip install -e '.[plot]' (or pip install imageio)") from None
+    except ImportError as e:
+        raise MissingExtraError(f"--video needs {e.name or 'imageio'}: pip install -e '.[plot]'") from None
     return iio
 
 
@@ -66,7 +68,7 @@ def record_episodes(run: Any, device: torch.device, graph: str = "auto", gate: s
     (default: reevaluate's default seed); returns (frames, each [H,W,3] uint8, one per step; per-episode stats:
     return, length and task metrics)."""
     from commformer.analysis.reevaluate import build_eval_agent, default_seed, resolve_choices
-    from envs.render import make_render_env  # envs' renderers: one declared method, render_frame
+    from envs.registry import make_render_env  # envs' renderers: one declared method, render_frame
 
     cfg = run.cfg
     seed = default_seed(cfg.seed) if seed is None else seed

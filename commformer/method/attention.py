@@ -20,8 +20,7 @@ N_LABELS = 2
 
 class Relations(NamedTuple):
     """The edge-label terms of one attention: rq, rk [L,heads,dh] (label embeddings projected into query and key
-    space) and c [heads,L] = rq_l . rk_l. They depend on the weights only, so acting computes them once per set of
-    weights (CommFormer.acting_constants) while a training pass recomputes them with their gradient."""
+    space) and c [heads,L] = rq_l . rk_l."""
 
     rq: Tensor
     rk: Tensor
@@ -83,18 +82,15 @@ class RelationAttention(nn.Module):
         r1 = q_rk[..., 1:2] + rq_k[..., 1:2, :] + c[:, 1, None, None]
         return (qk + torch.where(label0, r0, r1)) * self.scale
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor,
-               rel: Relations | None = None) -> Tensor:
-        """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection).
-        rel: relation_terms() of the current weights (computed here when None)."""
-        rel = self.relation_terms() if rel is None else rel
-        w = self.drop(masked_weights(self.scores(q, k, label0, rel), mask))
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
+        """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection)."""
+        w = self.drop(masked_weights(self.scores(q, k, label0, self.relation_terms()), mask))
         return self.out(torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
 
-    def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor, rel: Relations | None = None) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
         """query [B,Nq,H], key [B,Nk,H], mask [B,Nq,Nk] f32, label0 [Nq,Nk] bool -> [B,Nq,H]."""
         k, v = self.project_kv(key)
-        return self.attend(self.split(self.q(query)), k, v, mask, label0, rel)
+        return self.attend(self.split(self.q(query)), k, v, mask, label0)
 
     def values(self, x: Tensor) -> Tensor:
         """Output of attending to one key only (weight 1 on it): out(v(x)). x [...,H] -> [...,H]."""
@@ -111,13 +107,11 @@ class EncoderLayer(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
-    def forward(self, h: Tensor, mask: Tensor, label0: Tensor, gate: Tensor | None,
-                rel: Relations | None = None) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor, label0: Tensor, gate: Tensor | None) -> Tensor:
         """h [B,N,H], mask M [B,N,N] f32, label0 [N,N] bool (the self-loop), gate [B,N] f32 or None -> [B,N,H].
-        rel: the attention's relation_terms(), when the caller holds them (acting).
 
         With a gate: out_i = g_i * attn(M)_i + (1 - g_i) * attn(self only)_i (REFERENCE.md 5)."""
-        a = self.attn(h, h, mask, label0, rel)
+        a = self.attn(h, h, mask, label0)
         if gate is not None:
             g = gate[..., None]
             a = g * a + (1.0 - g) * self.attn.values(h)

@@ -46,10 +46,17 @@ def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:
     return logits.masked_fill(~avail, NEG)
 
 
-def sample_categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Gumbel-max sample of Categorical(logits): [...,A] -> [...] long."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+def neg_gumbel(u: Tensor) -> Tensor:
+    """log(-log(u)) of uniforms u (clamped away from 0 and 1 in place): minus a standard Gumbel sample."""
+    return torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
+
+
+def sample_categorical(logits: Tensor, generator: torch.Generator | None, neg_noise: Tensor | None = None) -> Tensor:
+    """Gumbel-max sample of Categorical(logits): [...,A] -> [...] long. neg_noise [...,A]: neg_gumbel of uniforms
+    drawn beforehand (the same sample as drawing them here, from the same generator state)."""
+    if neg_noise is None:
+        neg_noise = neg_gumbel(torch.rand(logits.shape, generator=generator, device=logits.device))
+    return (logits - neg_noise).argmax(-1)
 
 
 class CommFormer(nn.Module):
@@ -146,11 +153,15 @@ class CommFormer(nn.Module):
         return logp, entropy
 
     def autoregressive(self, enc: Tensor, dmask: Tensor, gate: Tensor | None, avail: Tensor,
-                       generator: torch.Generator | None, deterministic: bool) -> tuple[Tensor, Tensor]:
+                       generator: torch.Generator | None, deterministic: bool,
+                       neg_noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decode agents 0..N-1 in turn, each step batched over B -> (actions [B,N] long, log_prob [B,N]).
 
         Same function as teacher_forced, computed incrementally: the stream comes from stream_table(), keys and
-        values are projected once per token, and agent i scores only the positions 0..i it may see."""
+        values are projected once per token, and agent i scores only the positions 0..i it may see. neg_noise
+        [N,B,A]: each agent's sampling noise drawn beforehand (neg_gumbel; None draws it here from `generator`,
+        agent by agent). This is the readable form; acting runs method.acting.ActingWeights, which equals it up to
+        float rounding."""
         b, n = avail.shape[:2]
         a_start = self.shape.n_actions
         ca = self.cross_attn
@@ -180,7 +191,8 @@ class CommFormer(nn.Module):
                 g = gate[:, i, None, None]
                 y = g * y + (1.0 - g) * closed
             logits = masked_logits(self.head(y, enc[:, i: i + 1], slice(i, i + 1))[:, 0], avail[:, i])
-            a = logits.argmax(-1) if deterministic else sample_categorical(logits, generator)
+            a = logits.argmax(-1) if deterministic else sample_categorical(
+                logits, generator, None if neg_noise is None else neg_noise[i])
             actions[:, i] = a
             logps[:, i] = torch.log_softmax(logits, -1).gather(-1, a[:, None]).squeeze(-1)
         return actions, logps

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from commformer.method.gates import sample_gate, straight_through_gate
-from commformer.method.graph import CommGraph, decoder_mask, receive_mask
-from commformer.method.model import CommFormer
+from commformer.method.graph import CommGraph, decoder_mask, receive_mask, topk_hot
+from commformer.method.acting import ActingWeights
+from commformer.method.model import CommFormer, neg_gumbel
 
 class GraphChoice(str, Enum):
     """How act() picks the graph."""
@@ -61,6 +62,21 @@ class ActOut:
     gate_prob: Optional[Tensor]  # [B,N] f32, or None
 
 
+@dataclass
+class ActingDraws:
+    """The randomness of T acting steps, drawn from the generator in one go and in the order that T calls of act()
+    would draw it (per step: the graph's Gumbel noise, then each agent's sampling noise), so a rollout acting on it
+    makes the same decisions as one drawing step by step. Only where nothing else draws from the generator between
+    steps (no sampled gate: Agent.value draws gates).
+
+    hard [T,B,N,N] bool, noise [T,B,N,N] f32: the acting graphs and their noise | action [T,N,B,A] f32: neg_gumbel
+    noise of each agent's action sample."""
+
+    hard: Tensor
+    noise: Tensor
+    action: Tensor
+
+
 class Agent(nn.Module):
     """decoder_graph_grad: whether the decoder's mask D also carries the graph's gradient (w * D). Off by default:
     through D the loss measures the effect of a sender's sampled action, which on the signal game pushed alpha away
@@ -70,6 +86,39 @@ class Agent(nn.Module):
         super().__init__()
         self.model, self.graph = model, graph
         self.decoder_graph_grad = decoder_graph_grad
+        self._acting: tuple[tuple[tuple[int, int], ...], ActingWeights] | None = None
+
+    def acting_weights(self) -> ActingWeights | None:
+        """The fused acting weights of the current parameters (cached; rebuilt after any in-place change of a
+        parameter: an optimiser step, load_state_dict, a test's edit), or None where acting takes the readable path
+        (dropout in training mode, which draws fresh masks every call)."""
+        if self.model.training and self.model.shape.dropout > 0:
+            return None
+        key = tuple((p._version, p.data_ptr()) for p in self.model.parameters())
+        if self._acting is None or self._acting[0] != key:
+            self._acting = (key, ActingWeights.of(self.model))
+        return self._acting[1]
+
+    def draws(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
+              generator: torch.Generator | None) -> ActingDraws | None:
+        """ActingDraws of `steps` act() calls on `batch` envs that sample their actions (None where act() must draw
+        as it goes: a sampled gate, or dropout in training mode)."""
+        how = graph_choice(graph_how)
+        sampled_gate = self.model.gate is not None and gate_choice(gate_how) is GateChoice.SAMPLE
+        if sampled_gate or self.acting_weights() is None:
+            return None
+        n, a, dev = self.graph.n_agents, self.model.shape.n_actions, self.graph.fixed.device
+        sampled = how is GraphChoice.SAMPLE and self.graph.learned
+        per_graph = batch * n * n if sampled else 0
+        u = torch.rand(steps, per_graph + n * batch * a, generator=generator, device=dev)
+        if sampled:
+            # graph.gumbel's transform, on the uniforms it would draw at each step
+            noise = -torch.log(-torch.log(u[:, :per_graph].clamp_(1e-10, 1.0 - 1e-7))).reshape(steps, batch, n, n)
+            hard = topk_hot(self.graph.alpha.detach() + noise, self.graph.k)
+        else:
+            hard, noise = self.pick_graph(batch, how, None)
+            hard, noise = hard.expand(steps, batch, n, n), noise.expand(steps, batch, n, n)
+        return ActingDraws(hard, noise, neg_gumbel(u[:, per_graph:]).reshape(steps, n, batch, a))
 
     def pick_graph(self, batch: int, how: GraphChoice | str,
                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -96,28 +145,45 @@ class Agent(nn.Module):
             return p > 0.5
         return sample_gate(p, generator)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, graph_how: str, gate_how: str,
-            generator: torch.Generator | None, deterministic: bool = False) -> ActOut:
-        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut."""
-        hard, noise = self.pick_graph(obs.shape[0], graph_how, generator)
-        mask = receive_mask(hard.float(), alive)
-        h = self.model.embed(obs)
+            generator: torch.Generator | None, deterministic: bool = False,
+            draws: tuple[ActingDraws, int] | None = None) -> ActOut:
+        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (inference tensors: read them, copy them;
+        never modify them in place).
+        draws: (ActingDraws, step t) to act on step t's pre-drawn randomness instead of drawing from `generator`."""
+        if draws is None:
+            hard, noise = self.pick_graph(obs.shape[0], graph_how, generator)
+            neg_noise = None
+        else:
+            d, t = draws
+            hard, noise, neg_noise = d.hard[t], d.noise[t], d.action[t]
+        fast = self.acting_weights()
+        h = self.model.embed(obs) if fast is None else fast.embed(obs)
         p = self.model.gate_prob(h)
         gate = self.pick_gate(p, gate_how, generator)
         g = None if gate is None else gate.float()
-        enc, value = self.model.encode(h, mask, g)
-        actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic)
+        if fast is None:  # the readable path
+            mask = receive_mask(hard.float(), alive)
+            enc, value = self.model.encode(h, mask, g)
+            actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic,
+                                                      neg_noise)
+        else:
+            enc, mask_zero = fast.encode(h, hard, alive, g)
+            actions, logp, value = fast.decode(enc, mask_zero, g, avail, neg_noise, generator, deterministic)
         return ActOut(actions, logp, value, hard, noise, gate, p)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def value(self, obs: Tensor, alive: Tensor, hard: Tensor, gate_how: str,
               generator: torch.Generator | None) -> Tensor:
         """V [B,N] (normalised units) of obs [B,N,O] under the acting graph hard [B,N,N] bool."""
-        h = self.model.embed(obs)
+        fast = self.acting_weights()
+        h = self.model.embed(obs) if fast is None else fast.embed(obs)
         gate = self.pick_gate(self.model.gate_prob(h), gate_how, generator)
         g = None if gate is None else gate.float()
-        return self.model.encode(h, receive_mask(hard.float(), alive), g)[1]
+        if fast is None:
+            return self.model.encode(h, receive_mask(hard.float(), alive), g)[1]
+        return fast.value(fast.encode(h, hard, alive, g)[0])
 
     def score(self, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor, noise: Tensor,
               gate: Tensor | None, relax_graph: bool, relax_gate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:

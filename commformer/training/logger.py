@@ -296,25 +296,14 @@ class Logger:
                 plt.close(value)
         return out
 
-    def video(self, frames: Any, fps: int = 4, key: str = "media/eval_episode") -> None:
-        """One evaluation episode as a wandb video (when wants_video). frames [T,H,W,3] or [T,3,H,W] uint8."""
+    def video(self, path: str | os.PathLike, key: str = "media/eval_episode") -> None:
+        """A video file (GIF or MP4) as a wandb video at the last row's env_steps (when wants_video)."""
         if not self.wants_video:
             return
-        import numpy as np
         import wandb
 
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or 3 not in (frames.shape[1], frames.shape[3]):
-            raise ValueError(f"video frames must be [T,H,W,3] or [T,3,H,W]; got {tuple(frames.shape)}")
-        if frames.shape[-1] == 3:
-            frames = frames.transpose(0, 3, 1, 2)
-        try:
-            video = wandb.Video(frames, fps=fps, format="gif")
-        except Exception as e:  # wandb needs imageio to encode raw frames
-            log.warning("logger.video: no video recorded (%s)", str(e).splitlines()[0] if str(e) else e)
-            return
         step = int(float(self.csv.rows[-1]["env_steps"])) if self.csv.rows else 0
-        self.wandb.log({key: video, "env_steps": step})
+        self.wandb.log({key: wandb.Video(str(path)), "env_steps": step})
 
     def console(self, row: Mapping[str, Any]) -> None:
         parts = [f"iter {row['iteration']}", f"steps {row['env_steps']}"]

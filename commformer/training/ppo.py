@@ -100,11 +100,14 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, active: Tens
     return loss, stats
 
 
-def value_loss(values: Tensor, old_values: Tensor, targets: Tensor, active: Tensor, clip: float,
+def value_loss(values: Tensor, old_values: Tensor, targets: Tensor, active: Tensor, clip: float | None,
                huber_delta: float) -> Tensor:
-    """max(Huber(target - v), Huber(target - v_clipped)) over active entries; all in normalised units."""
-    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    """max(Huber(target - v), Huber(target - v_clipped)) over active entries; all in normalised units. clip None:
+    plain Huber(target - v) (no value clipping)."""
     a = F.huber_loss(values, targets, reduction="none", delta=huber_delta)
+    if clip is None:
+        return masked_mean(a, active)
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
     b = F.huber_loss(clipped, targets, reduction="none", delta=huber_delta)
     return masked_mean(torch.maximum(a, b), active)
 

@@ -76,8 +76,14 @@ class Collector:
         assert self.current is not None, "Collector.reset() first"
         buf, cur, g = self.buf, self.current, self.generator
         buf.final_values.zero_()
+        # the rollout's randomness in one draw where the stream allows it (the same decisions as drawing per step)
+        draws = agent.draws(self.T, self.env.num_envs, graph_how, gate_how, g)
+        if draws is not None:
+            buf.graph.copy_(draws.hard)
+            buf.noise.copy_(draws.noise)
         for t in range(self.T):
-            out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g)
+            out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g,
+                            draws=None if draws is None else (draws, t))
             buf.obs[t] = cur.obs
             buf.avail[t] = cur.avail_actions
             buf.alive[t] = cur.alive
@@ -85,8 +91,9 @@ class Collector:
             buf.actions[t] = out.actions
             buf.log_prob[t] = out.log_prob
             buf.values[t] = out.value
-            buf.graph[t] = out.graph
-            buf.noise[t] = out.noise
+            if draws is None:
+                buf.graph[t] = out.graph
+                buf.noise[t] = out.noise
             if buf.gate is not None:
                 buf.gate[t] = out.gate
             nxt = self.env.step(out.actions.to(self.env.device)).to(self.device)

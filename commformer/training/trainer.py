@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from commformer.training.bilevel import NonFiniteError, Optimisers, choices, phase
-from commformer.config import Config, to_yaml
+from commformer.config import AlgoConfig, Config, to_yaml
 from commformer.errors import TrainingStopped, UserError
 from commformer.training.checkpoint import CheckpointError, non_finite, remove_stale_temps, save_checkpoint
 from commformer.training.resume import carry_files, plan_resume
@@ -39,6 +40,10 @@ log = logging.getLogger("commformer")
 
 class RunFolderError(UserError):
     """The run folder cannot be written."""
+
+
+# best.pt keeps the checkpoint of the evaluation with the highest of the first of these that the env reports
+BEST_KEYS = ("eval/success", "eval/won", "eval/return")
 
 
 def git_revision() -> str:
@@ -79,6 +84,7 @@ class Trainer:
             carry_files(cfg.resume, Path(run_dir))
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.stop_signal: int | None = None
+        self.best: dict[str, Any] | None = None  # {"key", "score", "iteration"} of checkpoints/best.pt
         self.saved_iteration: int | None = int(ckpt["iteration"]) if ckpt is not None else None
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
@@ -131,6 +137,7 @@ class Trainer:
             "current_step": None if cur is None else {k: getattr(cur, k).cpu() for k in STEP_TENSORS},
             "env": self.env.state_dict() if hasattr(self.env, "state_dict") else None,
             "last_eval": dict(self.last_eval),
+            "best": None if self.best is None else dict(self.best),
             "wandb_id": self.logger.wandb_id,
         }
         return state
@@ -146,6 +153,7 @@ class Trainer:
             torch.set_rng_state(ckpt["rng"]["torch"])
             self.iteration, self.env_steps = int(ckpt["iteration"]), int(ckpt["env_steps"])
             self.last_eval = {k: float(v) for k, v in (ckpt.get("last_eval") or {}).items()}
+            self.best = dict(ckpt["best"]) if ckpt.get("best") else None
             if self.agent.graph.learned:  # as iterate() left it after the update that preceded the save
                 self.last_graph = self.agent.graph.deterministic()
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -170,6 +178,21 @@ class Trainer:
         self.saved_iteration = self.iteration
         return path
 
+    def save_if_best(self) -> Path | None:
+        """After an evaluation: write checkpoints/best.pt when this evaluation's score (eval/success, else eval/won,
+        else eval/return; ties go to the later one) is the best so far; returns its path when written."""
+        key = next((k for k in BEST_KEYS if k in self.last_eval), None)
+        if key is None:
+            return None
+        score = self.last_eval[key]
+        if self.best is not None and score < self.best["score"]:
+            return None
+        self.best = {"key": key, "score": float(score), "iteration": self.iteration}
+        path = self.run_dir / "checkpoints" / "best.pt"
+        if non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()}) is None:
+            save_checkpoint(path, self.state())
+        return path
+
     def kept_text(self) -> str:
         """What a stopped run keeps: the iteration of its last checkpoint."""
         if self.saved_iteration is None:
@@ -189,6 +212,22 @@ class Trainer:
         self.history.append(self.last_record)
         return out
 
+    def log_video(self) -> None:
+        """logger.video: one evaluation episode of the final checkpoint, drawn by the env's renderer
+        (commformer.analysis.video) into videos/final.gif and logged as a wandb video; a warning instead where the
+        env does not draw or the [plot] extra is missing."""
+        from commformer.analysis.reevaluate import load_run
+        from commformer.analysis.video import FPS, record_episodes, write_video
+        from commformer.errors import UserError
+
+        try:
+            frames, _ = record_episodes(load_run(self.run_dir), self.device, episodes=1)
+            path = write_video(frames, self.run_dir / "videos" / "final.gif", FPS)
+        except (UserError, ValueError, ImportError) as e:
+            log.warning("logger.video: no video (%s)", (str(e).splitlines() or [type(e).__name__])[0])
+            return
+        self.logger.video(path)
+
     def eval_media(self) -> dict[str, Any] | None:
         """The dashboard images of the last evaluation (alpha or the acting graph, gate-open rates), when the logger
         records images."""
@@ -200,6 +239,19 @@ class Trainer:
         return graph_media(scores, rec["graph"], rates,
                            title="alpha" if rec["alpha"] is not None else f"graph ({rec['mode']})")
 
+    def schedule(self) -> AlgoConfig:
+        """The algo settings of this iteration: with algo.lr_decay the network's and gate's learning rates fall
+        linearly from their values to 0 (set on the optimiser here); with algo.entropy_coef_final the entropy weight
+        moves linearly to it. Progress = iterations done / iterations of the run."""
+        a = self.cfg.algo
+        progress = self.iteration / max(self.cfg.iterations, 1)
+        if a.lr_decay:
+            for group, lr in zip(self.opt.network.param_groups, (a.lr, a.gate_lr)):
+                group["lr"] = lr * (1.0 - progress)
+        if a.entropy_coef_final is None:
+            return a
+        return replace(a, entropy_coef=a.entropy_coef + (a.entropy_coef_final - a.entropy_coef) * progress)
+
     def iterate(self) -> dict[str, Any]:
         """One iteration: rollout, update, and the row of metrics for it."""
         cfg = self.cfg
@@ -209,8 +261,11 @@ class Trainer:
         t0 = time.perf_counter()
         ro = self.collector.collect(self.agent, graph_how, gate_how, denorm)
         t1 = time.perf_counter()
+        if cfg.algo.reward_scale != 1.0:
+            ro.rewards.mul_(cfg.algo.reward_scale)
+        algo = self.schedule()
         try:
-            stats = ppo_update(self.agent, ro, self.opt, self.vnorm, cfg.algo, cfg.ppo_epochs, ph)
+            stats = ppo_update(self.agent, ro, self.opt, self.vnorm, algo, cfg.ppo_epochs, ph)
         except NonFiniteError as e:
             raise TrainingStopped(f"iteration {self.iteration + 1}: {e}; training stopped before that step "
                                   f"({self.kept_text()}; lower algo.lr / algo.graph_lr or check the env's rewards)"
@@ -244,6 +299,10 @@ class Trainer:
             row["comm/alpha_margin_min"] = float(margins.min())
             row["comm/alpha_margin_mean"] = float(margins.mean())
         row.update(stats)
+        if cfg.algo.lr_decay:
+            row["train/lr"] = self.opt.network.param_groups[0]["lr"]
+        if cfg.algo.entropy_coef_final is not None:
+            row["train/entropy_coef"] = algo.entropy_coef
         row["perf/rollout_s"] = t1 - t0
         row["perf/update_s"] = t2 - t1
         row["perf/env_steps_per_s"] = cfg.batch_env_steps / (t2 - t0)
@@ -267,6 +326,7 @@ class Trainer:
                 if self.iteration % cfg.eval_every == 0 or last:
                     self.last_eval = self.evaluate()
                     row.update(self.last_eval)
+                    self.save_if_best()
                     self.logger.log(row, media=self.eval_media())
                 else:
                     self.logger.log(row)
@@ -277,6 +337,8 @@ class Trainer:
                     raise TrainingStopped(f"stopped by {name} after iteration {self.iteration}: checkpoint written to "
                                           f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with "
                                           f"resume={self.run_dir}", exit_code=128 + self.stop_signal)
+            if self.logger.wants_video:
+                self.log_video()
             self.logger.summary(self.summary_lines())
         finally:
             self._restore_signals(previous)
@@ -317,6 +379,9 @@ class Trainer:
                 lines.append("alpha row margins (k-th minus (k+1)-th): "
                              + ", ".join(f"{x:.3f}" for x in m.tolist()))
         lines.append(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
+        if self.best is not None:
+            lines.append(f"best checkpoint: {self.run_dir / 'checkpoints' / 'best.pt'} ({self.best['key']} "
+                         f"{self.best['score']:.4g} at iteration {self.best['iteration']})")
         return lines
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ def minibatch_loss(agent: Agent, mb: dict[str, Tensor | None], vnorm: ValueNorm 
     logp, entropy, value, p = agent.score(mb["obs"], mb["avail"], mb["alive"], mb["actions"], mb["graph"],
                                           mb["noise"], mb["gate"], relax_graph=upper, relax_gate=gate_on)
     pl, pstats = policy_loss(logp, mb["old_log_prob"], mb["advantages"], active, algo.clip)
-    vl = value_loss(value, mb["old_values"], tgt, active, algo.clip, algo.huber_delta)
+    vl = value_loss(value, mb["old_values"], tgt, active, algo.clip if algo.value_clip else None, algo.huber_delta)
     ent = masked_mean(entropy, active)
     loss = pl + algo.value_coef * vl - algo.entropy_coef * ent
     stats = {"loss/policy": float(pl.detach()), "loss/value": float(vl.detach()), "loss/entropy": float(ent.detach()),
