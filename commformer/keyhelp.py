@@ -49,14 +49,13 @@ def key_table(cfg: Any | None = None) -> str:
     if cfg is None:
         cfg = OmegaConf.structured(Config)
     top_docs = field_docs(Config)
-    sections = {name: field_docs(Config)[name] for name, _ in SECTIONS}
     lines = ["Run keys:"]
     for f in dataclasses.fields(Config):
         if f.name in ("env", "algo", "logger"):
             continue
         lines += _entry(f.name, OmegaConf.select(cfg, f.name, default=None), top_docs.get(f.name, ""))
     for name, cls in SECTIONS:
-        lines += ["", f"{name}.*: {sections[name]}"]
+        lines += ["", f"{name}.*: {top_docs[name]}"]
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             lines += _entry(f"{name}.{f.name}", OmegaConf.select(cfg, f"{name}.{f.name}", default=None),

@@ -18,7 +18,8 @@ How this adapter uses it (jaxmarl 0.2.0, REFERENCE.md 6):
   won = all enemies dead and an ally alive (SMAX's own win bonus rule, and JaxMARL's SMAXLogWrapper counts a win
   as a step reward >= the bonus; a mutual wipe-out is a draw: terminated, not won).
 - Reward: SMAX's per-ally reward (enemy health lost, normalised, plus 1 on a win), the same for every ally, dead ones
-  included. Global state: SMAX's world state (every unit's health, position, cooldown, type; teams; types).
+  included. Scale: the health part sums to 1 over a battle in which every enemy dies, so a won battle returns exactly
+  2, a draw 1 and a lost or truncated one less than 1 (SMAC's shaped reward is normalised to a maximum of 20). Global state: SMAX's world state (every unit's health, position, cooldown, type; teams; types).
 - Dead allies: zero observation, only action 4 ("stop", SMAX's no-op) available, alive and active False.
 - Arrays cross between jax and torch with DLPack (zero copy when both sit on the same device). The jax side (the
   jaxmarl import and the jitted batched reset / step) lives in envs.smax_jax.

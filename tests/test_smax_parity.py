@@ -91,7 +91,9 @@ class Reference:
                         np.asarray(state.state.unit_alive[:self.n]))
 
     def step(self, actions: torch.Tensor) -> list[dict]:
-        """Step every battle; per env: the expected step fields, episode stats where it ended, jaxmarl's own done."""
+        """Step every battle. Per env a dict: final (Expected, the step's own outcome), next (Expected, after our
+        reset where it ended), reward [N], terminated, truncated, won, draw, jaxmarl_done (jaxmarl's own flag),
+        step_counter (jaxmarl's after the step), and ret / length where the episode ended."""
         self.key, k_step, k_reset = jax.random.split(self.key, 3)
         step_keys, reset_keys = jax.random.split(k_step, B), jax.random.split(k_reset, B)
         results = []
@@ -107,8 +109,8 @@ class Reference:
             self.ep_return[b] += reward.mean()
             self.ep_length[b] += 1
             r = dict(final=final, reward=reward, terminated=terminated, truncated=truncated,
-                     won=enemies_out and not allies_out, draw=enemies_out and allies_out, jaxmarl_done=bool(dones["__all__"]),
-                     step_counter=int(state.state.step))
+                     won=enemies_out and not allies_out, draw=enemies_out and allies_out,
+                     jaxmarl_done=bool(dones["__all__"]), step_counter=int(state.state.step))
             if terminated or truncated:
                 r.update(ret=self.ep_return[b], length=self.ep_length[b])
                 self.ep_return[b], self.ep_length[b] = 0.0, 0.0

@@ -77,6 +77,17 @@ class ActingDraws:
     action: Tensor
 
 
+@dataclass
+class RolloutPlan:
+    """What stays fixed over one rollout, prepared once by Agent.plan_rollout: the fused acting weights (no optimiser
+    step happens during a rollout) and, where the generator stream allows it, the rollout's randomness.
+
+    weights: ActingWeights, or None for the readable path | draws: ActingDraws, or None (act() draws as it goes)."""
+
+    weights: Optional[ActingWeights]
+    draws: Optional[ActingDraws]
+
+
 class Agent(nn.Module):
     """decoder_graph_grad: whether the decoder's mask D also carries the graph's gradient (w * D). Off by default:
     through D the loss measures the effect of a sender's sampled action, which on the signal game pushed alpha away
@@ -89,9 +100,10 @@ class Agent(nn.Module):
         self._acting: tuple[tuple[tuple[int, int], ...], ActingWeights] | None = None
 
     def acting_weights(self) -> ActingWeights | None:
-        """The fused acting weights of the current parameters (cached; rebuilt after any in-place change of a
-        parameter: an optimiser step, load_state_dict, a test's edit), or None where acting takes the readable path
-        (dropout in training mode, which draws fresh masks every call)."""
+        """The fused acting weights of the current parameters (cached; rebuilt after any change of a parameter: an
+        optimiser step, load_state_dict, a test's edit), or None where acting takes the readable path (dropout in
+        training mode, which draws fresh masks every call). The check walks every parameter (tens of
+        microseconds): a rollout checks once, in plan_rollout."""
         if self.model.training and self.model.shape.dropout > 0:
             return None
         key = tuple((p._version, p.data_ptr()) for p in self.model.parameters())
@@ -99,13 +111,20 @@ class Agent(nn.Module):
             self._acting = (key, ActingWeights.of(self.model))
         return self._acting[1]
 
-    def draws(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
-              generator: torch.Generator | None) -> ActingDraws | None:
+    @torch.inference_mode()
+    def plan_rollout(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
+                     generator: torch.Generator | None) -> RolloutPlan:
+        """The RolloutPlan of `steps` act() calls (actions sampled) on `batch` envs."""
+        weights = self.acting_weights()
+        return RolloutPlan(weights, self._draws(steps, batch, graph_how, gate_how, generator, weights is not None))
+
+    def _draws(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
+               generator: torch.Generator | None, fast: bool) -> ActingDraws | None:
         """ActingDraws of `steps` act() calls on `batch` envs that sample their actions (None where act() must draw
-        as it goes: a sampled gate, or dropout in training mode)."""
+        as it goes: a sampled gate, or the readable path, which keeps the module calls' own draws)."""
         how = graph_choice(graph_how)
         sampled_gate = self.model.gate is not None and gate_choice(gate_how) is GateChoice.SAMPLE
-        if sampled_gate or self.acting_weights() is None:
+        if sampled_gate or not fast:
             return None
         n, a, dev = self.graph.n_agents, self.model.shape.n_actions, self.graph.fixed.device
         sampled = how is GraphChoice.SAMPLE and self.graph.learned
@@ -147,18 +166,18 @@ class Agent(nn.Module):
 
     @torch.inference_mode()
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, graph_how: str, gate_how: str,
-            generator: torch.Generator | None, deterministic: bool = False,
-            draws: tuple[ActingDraws, int] | None = None) -> ActOut:
-        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (inference tensors: read them, copy them;
-        never modify them in place).
-        draws: (ActingDraws, step t) to act on step t's pre-drawn randomness instead of drawing from `generator`."""
-        if draws is None:
+            generator: torch.Generator | None, deterministic: bool = False, plan: RolloutPlan | None = None,
+            t: int = 0) -> ActOut:
+        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (inference tensors: read or copy them, never
+        modify them in place). plan: this rollout's RolloutPlan, and t the step within it (then step t's pre-drawn
+        randomness replaces draws from `generator`)."""
+        if plan is not None and plan.draws is not None:
+            d = plan.draws
+            hard, noise, neg_noise = d.hard[t], d.noise[t], d.action[t]
+        else:
             hard, noise = self.pick_graph(obs.shape[0], graph_how, generator)
             neg_noise = None
-        else:
-            d, t = draws
-            hard, noise, neg_noise = d.hard[t], d.noise[t], d.action[t]
-        fast = self.acting_weights()
+        fast = self.acting_weights() if plan is None else plan.weights
         h = self.model.embed(obs) if fast is None else fast.embed(obs)
         p = self.model.gate_prob(h)
         gate = self.pick_gate(p, gate_how, generator)
@@ -175,9 +194,9 @@ class Agent(nn.Module):
 
     @torch.inference_mode()
     def value(self, obs: Tensor, alive: Tensor, hard: Tensor, gate_how: str,
-              generator: torch.Generator | None) -> Tensor:
-        """V [B,N] (normalised units) of obs [B,N,O] under the acting graph hard [B,N,N] bool."""
-        fast = self.acting_weights()
+              generator: torch.Generator | None, plan: RolloutPlan | None = None) -> Tensor:
+        """V [B,N] (normalised units) of obs [B,N,O] under the acting graph hard [B,N,N] bool (plan: as in act)."""
+        fast = self.acting_weights() if plan is None else plan.weights
         h = self.model.embed(obs) if fast is None else fast.embed(obs)
         gate = self.pick_gate(self.model.gate_prob(h), gate_how, generator)
         g = None if gate is None else gate.float()

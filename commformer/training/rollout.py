@@ -76,14 +76,15 @@ class Collector:
         assert self.current is not None, "Collector.reset() first"
         buf, cur, g = self.buf, self.current, self.generator
         buf.final_values.zero_()
-        # the rollout's randomness in one draw where the stream allows it (the same decisions as drawing per step)
-        draws = agent.draws(self.T, self.env.num_envs, graph_how, gate_how, g)
+        # the fused weights once, and the rollout's randomness in one draw where the stream allows it (the same
+        # decisions as drawing it step by step)
+        plan = agent.plan_rollout(self.T, self.env.num_envs, graph_how, gate_how, g)
+        draws = plan.draws
         if draws is not None:
             buf.graph.copy_(draws.hard)
             buf.noise.copy_(draws.noise)
         for t in range(self.T):
-            out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g,
-                            draws=None if draws is None else (draws, t))
+            out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g, plan=plan, t=t)
             buf.obs[t] = cur.obs
             buf.avail[t] = cur.avail_actions
             buf.alive[t] = cur.alive
@@ -101,7 +102,7 @@ class Collector:
             buf.terminated[t] = nxt.terminated
             buf.truncated[t] = nxt.truncated
             if bool(nxt.truncated.any()):
-                v = agent.value(nxt.final_obs, nxt.final_alive, out.graph, gate_how, g)
+                v = agent.value(nxt.final_obs, nxt.final_alive, out.graph, gate_how, g, plan)
                 buf.final_values[t] = torch.where(nxt.truncated[:, None], denormalize(v), 0.0)
             done = nxt.done
             if bool(done.any()):
@@ -109,7 +110,7 @@ class Collector:
             cur = nxt
         self.current = cur
         last_hard, _ = agent.pick_graph(cur.obs.shape[0], graph_how, g)
-        buf.last_values = denormalize(agent.value(cur.obs, cur.alive, last_hard, gate_how, g))
+        buf.last_values = denormalize(agent.value(cur.obs, cur.alive, last_hard, gate_how, g, plan))
         return buf
 
     def pop_finished(self) -> dict[str, Tensor]:
