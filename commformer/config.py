@@ -258,6 +258,9 @@ class Config:
     eval_envs: Optional[int] = None
     """eval env copies, each running ceil(eval_episodes / eval_envs) episodes (null: the env's eval_envs, else one
     per episode)"""
+    eval_sampled: bool = False
+    """also evaluate with actions sampled from the policy (columns eval_sampled/...): argmax can stall where sampled
+    actions win"""
     eval_at_start: bool = False
     """also evaluate the untrained policy (a row with iteration 0), for before/after comparisons"""
     checkpoint_every: int = 50

@@ -196,3 +196,23 @@ def test_training_options_schedule_lr_entropy_and_scale_rewards(tmp_path, monkey
     assert all(r == pytest.approx(-0.5) for _, _, r in seen)  # -0.05 per predator-step, times 10
     assert rows[1]["train/lr"] == pytest.approx(7.5e-4) and rows[1]["train/entropy_coef"] == pytest.approx(0.015)
     assert all(-1.0 <= row["train/return"] <= 0 for row in rows if row["train/return"] == row["train/return"])
+
+
+def test_eval_sampled_adds_columns_with_sampled_actions(tmp_path, monkeypatch):
+    """eval_sampled=true: every evaluation also reports eval_sampled/... from the same episodes with actions drawn
+    from the policy (argmax can stall where sampled actions win)."""
+    cfg = make_config(tmp_path, env=TINY_PP, iterations=1, eval_sampled=True, eval_episodes=16)
+    tr = Trainer(cfg, tmp_path)
+    flags = []
+    real = tr.agent.act
+
+    def act(*args, deterministic=False, **kw):
+        flags.append(deterministic)
+        return real(*args, deterministic=deterministic, **kw)
+
+    monkeypatch.setattr(tr.agent, "act", act)
+    result = tr.train()
+    assert {"eval_sampled/return", "eval_sampled/success", "eval_sampled/steps"} <= set(result)
+    assert True in flags and flags[-1] is False  # the argmax evaluation, then the sampled one
+    header, rows = read_csv(tmp_path / "metrics.csv")
+    assert "eval_sampled/success" in header and rows[-1]["eval_sampled/success"] != ""

@@ -1,5 +1,6 @@
 """Deterministic evaluation (DESIGN.md, evaluation protocol): argmax actions, top-k(alpha) graph, gate open when
-p > 0.5, on an env reseeded with the same seed every time, one episode per eval env."""
+p > 0.5, on an env reseeded with the same seed every time, one episode per eval env. Optionally with sampled
+actions (eval_sampled: argmax can stall where sampled actions win)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,18 +34,22 @@ class EvalDetails:
 
 @torch.no_grad()
 def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_how: str = "deterministic",
-             gate_how: str = "threshold", episodes: int | None = None) -> dict[str, float]:
+             gate_how: str = "threshold", episodes: int | None = None,
+             sample_actions: bool = False) -> dict[str, float]:
     """Run the first m = ceil(episodes / B) episodes of each of the env's B copies (episodes defaults to B);
     returns eval/return, eval/steps, eval/<task metric> (means over the B*m episodes), eval/episodes and
-    comm/eval_messages_per_step. graph_how / gate_how: a policy.GraphChoice / GateChoice."""
-    return evaluate_with_details(agent, env, seed, device, graph_how, gate_how, episodes)[0]
+    comm/eval_messages_per_step. graph_how / gate_how: a policy.GraphChoice / GateChoice. sample_actions: draw the
+    actions from the policy (from a generator seeded with `seed`) instead of taking the argmax."""
+    return evaluate_with_details(agent, env, seed, device, graph_how, gate_how, episodes, sample_actions)[0]
 
 
 @torch.no_grad()
 def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.device,
                           graph_how: str = "deterministic", gate_how: str = "threshold",
-                          episodes: int | None = None) -> tuple[dict[str, float], EvalDetails]:
+                          episodes: int | None = None,
+                          sample_actions: bool = False) -> tuple[dict[str, float], EvalDetails]:
     """evaluate()'s metrics plus its EvalDetails (the acting graph and each agent's gate-open rate)."""
+    generator = torch.Generator(device).manual_seed(seed) if sample_actions else None
     B = env.num_envs
     N = env.spec.n_agents
     first_graph: torch.Tensor | None = None
@@ -57,7 +62,8 @@ def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.de
     sums: dict[str, torch.Tensor] = {}
     messages, msg_steps = 0.0, 0
     for _ in range(m * (env.spec.episode_limit + 1)):
-        out = agent.act(step.obs, step.avail_actions, step.alive, graph_how, gate_how, None, deterministic=True)
+        out = agent.act(step.obs, step.avail_actions, step.alive, graph_how, gate_how, generator,
+                        deterministic=not sample_actions)
         live = count < m
         messages += float(messages_per_step(out.graph, step.alive, out.gate)[live].sum())
         msg_steps += int(live.sum())

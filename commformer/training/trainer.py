@@ -204,8 +204,13 @@ class Trainer:
         self.agent.eval()
         ph = phase(max(self.iteration - 1, 0), self.cfg.iterations, self.cfg.algo)
         graph_how, gate_how = choices(ph, evaluating=True)
-        out, details = evaluate_with_details(self.agent, self.eval_env, self.cfg.seed + EVAL_SEED_OFFSET, self.device,
-                                             graph_how, gate_how, episodes=self.cfg.eval_episode_count)
+        seed = self.cfg.seed + EVAL_SEED_OFFSET
+        out, details = evaluate_with_details(self.agent, self.eval_env, seed, self.device, graph_how, gate_how,
+                                             episodes=self.cfg.eval_episode_count)
+        if self.cfg.eval_sampled:  # the same episodes with sampled actions (argmax can stall where sampling wins)
+            sampled = evaluate_with_details(self.agent, self.eval_env, seed, self.device, graph_how, gate_how,
+                                            episodes=self.cfg.eval_episode_count, sample_actions=True)[0]
+            out.update({f"eval_sampled/{k.split('/', 1)[1]}": v for k, v in sampled.items() if k.startswith("eval/")})
         self.agent.train()
         # every evaluation leaves a record in graph_history.jsonl (commformer/training/graph_history.py)
         self.last_record = graph_record(self.agent.graph, details, out, self.iteration, self.env_steps, graph_how)
