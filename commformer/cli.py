@@ -58,9 +58,11 @@ def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tupl
     """Check every job of the command before Hydra starts (commformer.compose) and return (the argv Hydra gets, the
     number of rejected jobs). A single run with a bad value raises its one-line error (nothing is written). In a
     multirun each rejected job is reported with its line; sweep values that only give rejected jobs are dropped from
-    the sweep, so the others run. A resume continues in the folder it names and records its own Hydra files
-    (.hydra/resume_<time>/), keeping the original run's."""
-    from commformer.compose import compose_job, expand_sweep, rebuild_sweep
+    the sweep, so the others run. A study's grid (hydra.sweeper.params of conf/study/<name>.yaml) is expanded with
+    the command line's sweeps, as Hydra's basic sweeper does, and checked the same way. A resume continues in the
+    folder it names and records its own Hydra files (.hydra/resume_<time>/), keeping the original run's."""
+    from commformer.compose import (compose_job, expand_sweep, rebuild_sweep, study_command_line, sweeper_params,
+                                    with_params)
     from commformer.training.checkpoint import checkpoint_path
     from commformer.training.resume import run_folder_of
 
@@ -72,7 +74,10 @@ def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tupl
                 stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
                 argv = argv + [f"hydra.run.dir={folder.resolve()}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
         return argv, 0
-    jobs = expand_sweep(overrides)
+    # a study (+study=<name>) defines its grid in hydra.sweeper.params: its jobs are checked too
+    params = sweeper_params(overrides, CONF_DIR)
+    sweep = with_params(params, overrides) if params else list(overrides)
+    jobs = expand_sweep(sweep)
     bad: list[int] = []
     for j, job in enumerate(jobs):
         try:
@@ -83,7 +88,9 @@ def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tupl
             sys.stderr.write(f"error: job {j} of {len(jobs)} ({mine}): {one_line(e)}\n")
     if len(bad) == len(jobs):
         fail(f"every job of the sweep was rejected ({len(jobs)} of {len(jobs)}; see the lines above)")
-    kept = rebuild_sweep(overrides, jobs, set(bad))
+    kept = rebuild_sweep(sweep, jobs, set(bad))
+    if params:
+        kept = study_command_line(overrides, params, kept)
     flags = [a for a in argv if a not in overrides]
     return flags + kept, len(bad)
 

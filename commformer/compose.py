@@ -74,14 +74,42 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def _compose(overrides: Sequence[str], conf_dir: Path):
+def sweeper_params(overrides: Sequence[str], conf_dir: Path) -> list[str]:
+    """hydra.sweeper.params of the config a `-m` command composes (a study's grid, conf/study/<name>.yaml), as
+    overrides ['algo=nocomm,full', 'seed=1,2', ...]; [] when it sets none. Composed as Hydra composes a multirun's
+    primary config: from the command line without its sweep overrides. A command line that does not compose gives []
+    (each job's own check then says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        plain = [o.input_line for o in OverridesParser.create().parse_overrides(list(overrides))
+                 if not o.is_sweep_override()]
+        cfg = _compose(plain, conf_dir, return_hydra_config=True)
+    except Exception:  # reported per job by compose_job (or, for hydra.* overrides, by Hydra itself)
+        return []
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    return [f"{key}={value}" for key, value in params.items()]
+
+
+def with_params(params: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The override list Hydra's basic sweeper expands: the sweeper params, then the command line, where a
+    command-line override of a param's key replaces that param in its place (so the job order stays the study's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    merged: dict[str, str] = {}
+    for o in OverridesParser.create().parse_overrides(list(params) + list(overrides)):
+        merged[o.get_key_element()] = o.input_line
+    return list(merged.values())
+
+
+def _compose(overrides: Sequence[str], conf_dir: Path, return_hydra_config: bool = False):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
-            return compose("config", overrides=list(overrides))
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
 
@@ -132,3 +160,21 @@ def rebuild_sweep(overrides: Sequence[str], jobs: Sequence[Sequence[str]], rejec
         out.append(f"{key}=" + ",".join(v.split("=", 1)[1] for v in kept))
         axis += 1
     return out
+
+
+def study_command_line(overrides: Sequence[str], params: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The command line for Hydra once rebuild_sweep cut values from with_params(params, overrides) (kept, one line
+    per key): each command-line override as kept, then each sweeper param that lost values, as a command-line
+    override of its key (Hydra's basic sweeper lets it replace the param)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def key(line: str) -> str:
+        return parser.parse_override(line).get_key_element()
+
+    kept_by_key = {key(line): line for line in kept}
+    cli = [kept_by_key[key(o)] for o in overrides]
+    cli_keys = {key(o) for o in overrides}
+    return cli + [kept_by_key[key(p)] for p in params
+                  if key(p) not in cli_keys and kept_by_key[key(p)] != parser.parse_override(p).input_line]

@@ -14,7 +14,7 @@ from commformer.config import load_config
 from commformer.analysis.reevaluate import EVAL_CSV_FIELDS, chunk_sizes, evaluate_main, resolve_choices
 from commformer.analysis.report import aggregate_rows, config_differences, report_main
 from commformer.analysis.runs import final_value
-from commformer.analysis.stats import bootstrap_ci, iqm
+from commformer.analysis.stats import bootstrap_ci, iqm, wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 PP_TINY = {"name": "pp", "family": "predator_prey", "eval_episodes": 100, "dim": 5, "n_predators": 3, "vision": 1,
@@ -97,8 +97,13 @@ def test_evaluate_default_protocol_table_and_json(tiny_run, tmp_path, capsys):
     for name, s in r["metrics"].items():
         values = np.array(r["per_episode"][name])
         assert values.shape == (80,) and s["n"] == 80
-        assert s["mean"] == pytest.approx(values.mean()) and s["iqm"] == pytest.approx(iqm(values))
+        assert s["mean"] == pytest.approx(values.mean())
         assert s["mean_ci"][0] <= s["mean"] <= s["mean_ci"][1]
+        if name == "success":  # 0/1 outcomes: the rate with its Wilson interval, never an IQM
+            assert s["interval"] == "wilson" and "iqm" not in s and s["successes"] == int(values.sum())
+            assert s["mean_ci"] == list(wilson_interval(int(values.sum()), 80))
+        else:
+            assert s["interval"] == "bootstrap" and s["iqm"] == pytest.approx(iqm(values))
     assert set(r["per_episode"]["success"]) <= {0.0, 1.0}
     assert all(1 <= s <= 20 for s in r["per_episode"]["steps"])
     # k = 1 receiver per row of 3 agents: top-k(alpha) sends 3 messages per step
@@ -110,6 +115,10 @@ def test_evaluate_default_protocol_table_and_json(tiny_run, tmp_path, capsys):
     assert (f"| return | {ret['mean']:.4g} | [{ret['mean_ci'][0]:.4g}, {ret['mean_ci'][1]:.4g}] | {ret['iqm']:.4g} |"
             in text)
     assert "| success |" in text and "| steps |" in text and "80 episodes from seed 2000001" in text
+    rate = r["metrics"]["success"]
+    assert "| metric | episodes | successes | rate | 95% CI (Wilson) |" in text
+    assert (f"| success | 80 | {rate['successes']} | {rate['mean']:.4g} | [{rate['mean_ci'][0]:.4g}, "
+            f"{rate['mean_ci'][1]:.4g}] |" in text)
 
 
 def test_evaluate_in_chunks_and_with_the_full_graph(tiny_run, tmp_path, monkeypatch, capsys):
@@ -236,11 +245,16 @@ def test_report_exact_iqm_and_mean_per_group(runs_root, tmp_path, capsys):
 def test_report_two_run_folders_and_an_explicit_metric(tmp_path, capsys):
     a = write_run(tmp_path / "a", PP, "commformer", 1, pp_rows(0.5))
     b = write_run(tmp_path / "b", PP, "commformer", 2, pp_rows(1.0), lr=1e-3)
-    (row,) = report_main([str(a), str(b), "--metric", "eval/return"])
+    # a differing key splits the runs into groups labelled by it ...
+    split = report_main([str(a), str(b)])
+    assert [(r["label"], r["seeds"], r["iqm"]) for r in split] == [("commformer algo.lr=0.0005", 1, 0.5),
+                                                                   ("commformer algo.lr=0.001", 1, 1.0)]
+    # ... unless --merge pools them (the note says which keys differ)
+    (row,) = report_main([str(a), str(b), "--metric", "eval/return", "--merge", "algo.lr"])
     assert row["metric"] == "eval/return" and row["seeds"] == 2
     assert row["iqm"] == -0.5 and row["mean"] == -0.5
     assert row["notes"] == ["fewer than 5 seeds", "configs differ: algo.lr"]
-    (row,) = report_main([str(a), str(b)])
+    (row,) = report_main([str(a), str(b), "--merge", "algo.lr"])
     assert row["iqm"] == 0.75 and row["mean"] == 0.75 and row["metric"] == "eval/success"
 
 

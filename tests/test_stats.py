@@ -1,8 +1,10 @@
-"""commformer.analysis.stats: the interquartile mean on hand cases and the (stratified) percentile bootstrap."""
+"""commformer.analysis.stats: the interquartile mean on hand cases, the (stratified) percentile bootstrap, the
+probability of improvement, performance profiles and the Wilson interval."""
 import numpy as np
 import pytest
 
-from commformer.analysis.stats import bootstrap_ci, iqm, mean, summarize
+from commformer.analysis.stats import (bootstrap_ci, iqm, mean, performance_profile, probability_of_improvement,
+                                       probability_of_improvement_ci, summarize, wilson_interval)
 
 
 # ---- iqm ---------------------------------------------------------------------------------------------------------
@@ -89,3 +91,59 @@ def test_summarize_holds_both_statistics_and_their_intervals():
     assert s["n"] == 8 and s["mean"] == 4.5 and s["iqm"] == 4.5
     assert s["mean_ci"] == list(bootstrap_ci(x, mean, 300, 0.95, 0))
     assert s["iqm_ci"] == list(bootstrap_ci(x, iqm, 300, 0.95, 0))
+
+
+# ---- probability of improvement ----------------------------------------------------------------------------------
+
+def test_probability_of_improvement_counts_pairs_and_half_ties():
+    # x=1 beats only y=0; x=2 beats 0 and ties both 2s; x=3 beats all three: (1 + 2 + 3) / 9
+    assert probability_of_improvement([1, 2, 3], [2, 2, 0]) == pytest.approx(6 / 9)
+    assert probability_of_improvement([2, 2, 0], [1, 2, 3]) == pytest.approx(3 / 9)  # P(X>Y) + P(Y>X) = 1
+    assert probability_of_improvement([5, 6], [1, 2, 3]) == 1.0
+    assert probability_of_improvement([0.5] * 4, [0.5] * 3) == 0.5  # all ties
+    # over the last axis, as the bootstrap calls it
+    np.testing.assert_allclose(probability_of_improvement(np.array([[1.0, 2.0], [3.0, 4.0]]),
+                                                          np.array([[2.0], [0.0]])), [0.25, 1.0])
+
+
+def test_probability_of_improvement_ci_resamples_each_side():
+    x, y = [0.9, 0.8, 0.7, 0.95, 0.85], [0.1, 0.2, 0.3, 0.15, 0.25]
+    assert probability_of_improvement_ci(x, y, 500, 0.95, 0) == (1.0, 1.0)  # every resample separates them
+    x, y = _sample(8, seed=1), _sample(8, seed=2)
+    low, high = probability_of_improvement_ci(x, y, 2000, 0.95, 0)
+    assert low < probability_of_improvement(x, y) < high and high - low > 0.2
+    assert probability_of_improvement_ci(x, y, 2000, 0.95, 0) == (low, high)  # seeded
+    # by hand: 3 replicates with the same generator draws
+    rng = np.random.default_rng(7)
+    xs = np.asarray(x)[rng.integers(0, 8, size=(3, 8))]
+    ys = np.asarray(y)[rng.integers(0, 8, size=(3, 8))]
+    reps = [probability_of_improvement(a, b) for a, b in zip(xs, ys)]
+    assert probability_of_improvement_ci(x, y, 3, 0.5, 7) == pytest.approx(tuple(np.quantile(reps, [0.25, 0.75])))
+
+
+def test_performance_profile_is_the_fraction_strictly_above_tau():
+    np.testing.assert_array_equal(performance_profile([0.1, 0.5, 0.9, 0.9], [0.0, 0.1, 0.5, 0.9, 1.0]),
+                                  [1.0, 0.75, 0.5, 0.0, 0.0])
+
+
+# ---- Wilson interval ---------------------------------------------------------------------------------------------
+
+def test_wilson_interval_known_values():
+    # 8 of 10 at 95%: the textbook Wilson interval [0.4902, 0.9433]
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.49016, abs=1e-5) and high == pytest.approx(0.94332, abs=1e-5)
+    # the ends are exact and the interval is not empty there (unlike the Wald interval)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.27753, abs=1e-5))
+    assert wilson_interval(10, 10) == (pytest.approx(0.72247, abs=1e-5), 1.0)
+    # symmetric around 1/2, narrower with more trials and less confidence
+    a, b = wilson_interval(3, 10), wilson_interval(7, 10)
+    assert a[0] == pytest.approx(1 - b[1]) and a[1] == pytest.approx(1 - b[0])
+    assert np.diff(wilson_interval(300, 1000)) < np.diff(wilson_interval(3, 10)) / 5
+    assert np.diff(wilson_interval(3, 10, 0.5)) < np.diff(wilson_interval(3, 10))
+
+
+def test_wilson_interval_rejects_bad_counts():
+    with pytest.raises(ValueError, match="n=0"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes=11"):
+        wilson_interval(11, 10)

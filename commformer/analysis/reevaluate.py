@@ -1,6 +1,7 @@
 """Checkpoint re-evaluation (`scripts/evaluate.py`): the field's "absolute" protocol (REFERENCE.md 7: 10x the
-training evaluation's episodes, argmax actions, a fresh seed); every per-episode metric summarised by its mean and
-IQM, each with a 95% percentile bootstrap interval over episodes.
+training evaluation's episodes, argmax actions, a fresh seed). Per-episode returns and steps are summarised by their
+mean and IQM, each with a 95% percentile bootstrap interval over episodes; a 0/1 outcome (success, won) by its rate
+with a 95% Wilson score interval (an IQM of 0/1 outcomes is 0 or 1 and says nothing; DESIGN.md, evaluation protocol).
 
 Tables and files are the product of this command and go to stdout / --out; diagnostics go through logging.
 """
@@ -39,9 +40,9 @@ GATE_OPTIONS = ("auto", "threshold", "open", "sample")
 def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Re-evaluate checkpoints with argmax actions (the 'absolute' score: 10x the training "
-                    "evaluation's episodes on a fresh seed) and print, per checkpoint, a markdown table of mean "
-                    "return, success/won rate and steps, each with its IQM and 95% bootstrap intervals over "
-                    "episodes.")
+                    "evaluation's episodes on a fresh seed) and print, per checkpoint, markdown tables: mean return "
+                    "and steps with their IQM and 95% bootstrap intervals over episodes, and the success/won rate "
+                    "with its 95% Wilson interval.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT_OR_RUN_DIR",
                    help="a checkpoint .pt file, or a run folder (its checkpoints/last.pt is used)")
     p.add_argument("--episodes", type=positive_int, default=None,
@@ -201,6 +202,21 @@ def order_metrics(names: Iterable[str]) -> list[str]:
     return [n for n in ("return",) if n in names] + middle + [n for n in ("steps",) if n in names]
 
 
+def is_rate(name: str, values: np.ndarray) -> bool:
+    """A per-episode task metric whose every value is 0 or 1 (success, won); never return or steps."""
+    return name not in ("return", "steps") and bool(np.isin(values, (0.0, 1.0)).all())
+
+
+def summarize_episodes(name: str, values: np.ndarray, n_boot: int = N_BOOT) -> dict[str, Any]:
+    """A rate (is_rate): {n, successes, mean (the rate), mean_ci (95% Wilson interval), interval: 'wilson'}; else
+    stats.summarize's {n, mean, mean_ci, iqm, iqm_ci} (percentile bootstrap over episodes), interval: 'bootstrap'."""
+    if is_rate(name, values):
+        k, n = int(values.sum()), int(values.size)
+        return {"n": n, "successes": k, "mean": k / n, "mean_ci": list(stats.wilson_interval(k, n, CONFIDENCE)),
+                "interval": "wilson"}
+    return {**stats.summarize(values, n_boot, CONFIDENCE, BOOT_SEED), "interval": "bootstrap"}
+
+
 def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device: torch.device, graph: str,
                  gate: str, n_boot: int = N_BOOT, max_chunk: int | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the result record (see write_results for its fields).
@@ -242,7 +258,7 @@ def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device:
         for env in envs.values():
             env.close()
     per_episode = {k: np.concatenate(v) for k, v in values.items()}
-    metrics = {k: stats.summarize(per_episode[k], n_boot, CONFIDENCE, BOOT_SEED) for k in order_metrics(per_episode)}
+    metrics = {k: summarize_episodes(k, per_episode[k], n_boot) for k in order_metrics(per_episode)}
     return {
         "checkpoint": str(run.path), "env": cfg.env["name"], "family": cfg.env["family"], "algo": cfg.algo.name,
         "train_seed": cfg.seed, "iteration": run.iteration, "env_steps": run.env_steps,
@@ -254,7 +270,8 @@ def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device:
 
 
 def evaluation_markdown(result: Mapping[str, Any]) -> str:
-    """One checkpoint's heading, settings line and table (metric | mean | 95% CI | IQM | 95% CI)."""
+    """One checkpoint's heading, settings line, the table of continuous metrics (metric | mean | 95% CI | IQM |
+    95% CI) and the table of rates (metric | episodes | successes | rate | 95% Wilson CI)."""
     gate = f", gate {result['gate']}" if result.get("gated") else ""
     lines = [
         f"### {result['checkpoint']}",
@@ -267,9 +284,15 @@ def evaluation_markdown(result: Mapping[str, Any]) -> str:
         "| metric | mean | 95% CI (mean) | IQM | 95% CI (IQM) |",
         "|---|---|---|---|---|",
     ]
+    rates = {name: s for name, s in result["metrics"].items() if s.get("interval") == "wilson"}
     for name, s in result["metrics"].items():
-        lines.append(f"| {name} | {fmt(s['mean'])} | {fmt_ci(s['mean_ci'])} | {fmt(s['iqm'])} | "
-                     f"{fmt_ci(s['iqm_ci'])} |")
+        if name not in rates:
+            lines.append(f"| {name} | {fmt(s['mean'])} | {fmt_ci(s['mean_ci'])} | {fmt(s['iqm'])} | "
+                         f"{fmt_ci(s['iqm_ci'])} |")
+    if rates:
+        lines += ["", "| metric | episodes | successes | rate | 95% CI (Wilson) |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {s['n']} | {s['successes']} | {fmt(s['mean'])} | {fmt_ci(s['mean_ci'])} |"
+                  for name, s in rates.items()]
     note = family_note(result["family"])
     if note:
         lines += ["", f"Note: {note}."]
@@ -278,17 +301,19 @@ def evaluation_markdown(result: Mapping[str, Any]) -> str:
 
 EVAL_CSV_FIELDS = ("checkpoint", "env", "family", "algo", "train_seed", "iteration", "env_steps", "eval_seed",
                    "episodes", "graph", "gate", "metric", "mean", "mean_low", "mean_high", "iqm", "iqm_low",
-                   "iqm_high")
+                   "iqm_high", "interval")
 
 
 def evaluation_csv_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (checkpoint, metric) with the fields of EVAL_CSV_FIELDS."""
+    """One row per (checkpoint, metric) with the fields of EVAL_CSV_FIELDS; a rate's mean_low / mean_high are its
+    Wilson interval and its iqm fields are empty (interval: wilson or bootstrap)."""
     rows = []
     for r in results:
         for name, s in r["metrics"].items():
             row = {k: r[k] for k in EVAL_CSV_FIELDS[:11]}
             row.update(metric=name, mean=s["mean"], mean_low=s["mean_ci"][0], mean_high=s["mean_ci"][1],
-                       iqm=s["iqm"], iqm_low=s["iqm_ci"][0], iqm_high=s["iqm_ci"][1])
+                       iqm=s.get("iqm", ""), iqm_low=s.get("iqm_ci", ("", ""))[0],
+                       iqm_high=s.get("iqm_ci", ("", ""))[1], interval=s.get("interval", "bootstrap"))
             rows.append(row)
     return rows
 
@@ -303,7 +328,7 @@ def output_format(out: str) -> str:
 def write_results(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
     """JSON: {"results": [record, ...]}, each record with checkpoint, env, family, algo, train_seed, iteration,
     env_steps, eval_seed, episodes, chunks, graph, gate, gated, messages_per_step, n_boot, confidence, metrics
-    ({name: {n, mean, mean_ci, iqm, iqm_ci}}) and per_episode ({name: [episodes values]}). CSV: evaluation_csv_rows."""
+    ({name: summarize_episodes(...)}) and per_episode ({name: [episodes values]}). CSV: evaluation_csv_rows."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if output_format(str(out)) == "json":

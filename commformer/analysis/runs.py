@@ -26,6 +26,8 @@ class Run:
     seed: Any
     config: dict[str, Any]
     rows: list[dict[str, str]] = field(default_factory=list)
+    modified: float = 0.0
+    """when its metrics.csv was last written (seconds since the epoch): the latest of two runs of one seed wins"""
 
     def logged(self, metric: str) -> bool:
         return any(number(r.get(metric)) is not None for r in self.rows)
@@ -95,26 +97,32 @@ def read_run(path: Path) -> Run | None:
         log.warning("%s: not a CSV text file (NUL bytes); skipped", metrics_file)
         return None
     return Run(path, str(env["name"]), str(env["family"]), str(algo["name"]), config.get("seed"),
-               flatten(config), rows)
+               flatten(config), rows, metrics_file.stat().st_mtime)
+
+
+def final_row(rows: Sequence[Mapping[str, str]], metric: str) -> Mapping[str, str] | None:
+    """The last row that has the metric (the run's final evaluation); None when no row has it."""
+    for row in reversed(rows):
+        if number(row.get(metric)) is not None:
+            return row
+    return None
 
 
 def final_value(rows: Sequence[Mapping[str, str]], metric: str) -> tuple[float, int] | None:
     """(value, env_steps) of the last row that has the metric; None when no row has it."""
-    for row in reversed(rows):
-        value = number(row.get(metric))
-        if value is not None:
-            steps = number(row.get("env_steps"))
-            return value, int(steps) if steps is not None else -1
-    return None
+    row = final_row(rows, metric)
+    if row is None:
+        return None
+    steps = number(row.get("env_steps"))
+    return number(row.get(metric)), int(steps) if steps is not None else -1  # type: ignore[return-value]
 
 
 def curve(rows: Sequence[Mapping[str, str]], metric: str) -> list[tuple[int, float]]:
-    """[(env_steps, value)] of every row that has the metric (the run's evaluations)."""
-    out = []
+    """[(env_steps, value)] of every row that has the metric (the run's evaluations), in increasing env steps; a
+    step logged twice (e.g. around a resume) keeps its last value."""
+    by_step: dict[int, float] = {}
     for row in rows:
         value, steps = number(row.get(metric)), number(row.get("env_steps"))
         if value is not None and steps is not None:
-            out.append((int(steps), value))
-    return out
-
-
+            by_step[int(steps)] = value
+    return sorted(by_step.items())

@@ -1,4 +1,6 @@
-"""Summary statistics for results tables: interquartile mean and percentile bootstrap confidence intervals.
+"""Summary statistics for results tables: interquartile mean and percentile bootstrap confidence intervals, the
+probability of improvement between two sets of runs, performance profiles, and binomial (Wilson) intervals for
+success rates.
 
 The field's protocol (REFERENCE.md 7; Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice", and
 marl-eval) reports the interquartile mean (IQM) of the per-run scores with a 95% stratified percentile bootstrap
@@ -11,6 +13,7 @@ the middle half ([1..8] -> mean(3, 4, 5, 6) = 4.5); otherwise slightly more than
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -99,3 +102,58 @@ def summarize(x: ArrayLike | Sequence[ArrayLike], n_boot: int = 2000, confidence
         "iqm": iqm(flat),
         "iqm_ci": list(bootstrap_ci(strata, iqm, n_boot, confidence, seed)),
     }
+
+
+def probability_of_improvement(x: ArrayLike, y: ArrayLike) -> np.ndarray | float:
+    """P(X > Y) over the last axis: the fraction of (x_i, y_j) pairs with x_i > y_j, a tie counting 1/2 (the
+    Mann-Whitney U statistic over n*m, as in Agarwal et al. 2021 for one task). x [..., n], y [..., m] -> [...]
+    (a float for 1-D input). 0.5 when X and Y are alike; 1 when every x beats every y."""
+    a, b = _as_values(x, "x")[..., :, None], _as_values(y, "y")[..., None, :]
+    out = (a > b).mean(axis=(-2, -1)) + 0.5 * (a == b).mean(axis=(-2, -1))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_boot: int = 2000, confidence: float = 0.95,
+                                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of probability_of_improvement(x, y): each replicate resamples the runs of X and
+    of Y with replacement, each set keeping its size (two strata); generator np.random.default_rng(seed)."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot}; must be >= 1")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}; must be in (0, 1)")
+    a, b = _strata(x)[0], _strata(y)[0]
+    rng = np.random.default_rng(seed)
+    xa = a[rng.integers(0, a.size, size=(n_boot, a.size))]  # [n_boot, n]
+    yb = b[rng.integers(0, b.size, size=(n_boot, b.size))]  # [n_boot, m]
+    replicates = probability_of_improvement(xa, yb)  # [n_boot]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def performance_profile(x: ArrayLike, taus: ArrayLike) -> np.ndarray:
+    """The fraction of runs whose score exceeds each threshold: x [n], taus [K] -> [K] with out[k] = mean(x > tau_k)
+    (the run-score distribution of Agarwal et al. 2021)."""
+    a = _strata(x)[0]
+    return (a[None, :] > np.asarray(taus, dtype=np.float64)[:, None]).mean(axis=1)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (low, high) of a binomial rate from `successes` of `n` trials: centre
+    (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n), z the normal quantile of
+    (1 + confidence) / 2. Unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at 0 or n
+    successes."""
+    if n < 1:
+        raise ValueError(f"n={n}; need at least one trial")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes}; must be in [0, n={n}]")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}; must be in (0, 1)")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else float(centre - half)  # exact ends (no rounding residue) at 0 and n
+    high = 1.0 if successes == n else float(centre + half)
+    return low, high

@@ -96,16 +96,18 @@ def sweep_group(sweep_dir: str | os.PathLike) -> str:
 
 
 def swept_keys(sweep_dir: str | os.PathLike) -> set[str] | None:
-    """The keys a sweep varies (`key=a,b`, `key=range(...)`, ...), read from the multirun.yaml that Hydra's basic
-    sweeper writes into the sweep folder before it launches a job; None when there is none to read."""
+    """The keys a sweep varies (`key=a,b`, `key=range(...)`, ...) on the command line or in hydra.sweeper.params (a
+    study's grid), read from the multirun.yaml that Hydra's basic sweeper writes into the sweep folder before it
+    launches a job; None when there is none to read."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        task = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides.task
-        parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
+        hydra_cfg = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra
+        params = [f"{k}={v}" for k, v in (OmegaConf.select(hydra_cfg, "sweeper.params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + [str(o) for o in hydra_cfg.overrides.task])
     except (OSError, OmegaConfBaseException, HydraException):
         return None
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
