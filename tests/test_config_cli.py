@@ -164,3 +164,17 @@ def test_cli_help(tmp_path):
     out = run_train(tmp_path, "--help")
     assert out.returncode == 0
     assert "algo: commformer, commformer_gated, full, nocomm, random" in out.stdout
+
+
+def test_per_env_settings_apply_and_the_command_line_wins():
+    """conf/env_settings/<env>.yaml is chosen with its env (smax_3m: 64 envs x 100 steps, lr decay, 4 minibatches);
+    other envs keep the global defaults; a command-line value wins over the per-env one."""
+    from commformer.compose import compose_job
+
+    cfg = compose_job(["env=smax_3m"], CONF)
+    assert (cfg.num_envs, cfg.rollout_length, cfg.algo.minibatches) == (64, 100, 4)
+    assert cfg.algo.lr_decay and cfg.algo.entropy_coef_final == 0.0 and cfg.algo.sparsity == 0.4
+    mine = compose_job(["env=smax_3m", "num_envs=8", "algo.lr_decay=false"], CONF)
+    assert mine.num_envs == 8 and not mine.algo.lr_decay and mine.rollout_length == 100
+    pp = compose_job(["env=pp"], CONF)
+    assert (pp.num_envs, pp.rollout_length, pp.algo.minibatches, pp.algo.lr_decay) == (32, 40, 1, False)
