@@ -60,6 +60,11 @@ def run_cli(argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
     return int(info.value.code), capsys.readouterr().err
 
 
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
+
+
 # (overrides, a fragment the one line must hold)
 BAD_INPUTS = [
     (["num_env=8"], "did you mean num_envs"),
@@ -150,10 +155,10 @@ def test_resume_overrides_that_cannot_apply(override, fragment, tiny_run, tmp_pa
     assert (tiny_run / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_a_multirun_reports_the_bad_job_and_runs_the_others(tmp_path, capsys):
+def test_a_multirun_reports_the_bad_job_and_runs_the_others(tmp_path):
     sweep = tmp_path / "sweep"
-    argv = ["-m", "algo=nocomm,fulll", "total_env_steps=16", f"hydra.sweep.dir={sweep}"] + TINY
-    code, err = run_cli(argv, tmp_path, capsys)
+    done = cli("-m", "algo=nocomm,fulll", "total_env_steps=16", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path)
+    code, err = done.returncode, done.stderr
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert lines[0].startswith("error: job 1 of 2") and "algo=fulll: no such option" in lines[0]
@@ -162,11 +167,12 @@ def test_a_multirun_reports_the_bad_job_and_runs_the_others(tmp_path, capsys):
     assert len(runs) == 1 and (runs[0] / "metrics.csv").is_file()
 
 
-def test_a_multirun_job_rejected_only_in_combination_leaves_no_folder(tmp_path, capsys):
+def test_a_multirun_job_rejected_only_in_combination_leaves_no_folder(tmp_path):
     """ppo_epochs=4 is fine for nocomm but not for commformer (arch_every 5): only that job is skipped."""
     sweep = tmp_path / "sweep"
-    argv = ["-m", "algo=nocomm,commformer", "ppo_epochs=4", "total_env_steps=16", f"hydra.sweep.dir={sweep}"] + TINY
-    code, err = run_cli(argv, tmp_path, capsys)
+    done = cli("-m", "algo=nocomm,commformer", "ppo_epochs=4", "total_env_steps=16", f"hydra.sweep.dir={sweep}",
+               *TINY, cwd=tmp_path)
+    code, err = done.returncode, done.stderr
     assert code == 2 and "job 1 of 2 (algo=commformer" in err and "ppo_epochs=4" in err
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert len(runs) == 1 and "nocomm" in runs[0]
@@ -280,30 +286,27 @@ def test_orphaned_temp_files_are_removed(tmp_path):
     tr.close()
 
 
-def test_a_checkpoints_path_that_is_a_file_gives_one_line(tmp_path, capsys):
+def test_a_checkpoints_path_that_is_a_file_gives_one_line(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoints").write_text("in the way")
-    code, err = run_cli(["total_env_steps=16", f"run_dir={run_dir}"] + TINY, tmp_path, capsys)
+    done = cli("total_env_steps=16", f"run_dir={run_dir}", *TINY, cwd=tmp_path)
+    code, err = done.returncode, done.stderr
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "checkpoints" in errors[0], err
 
 
-def test_a_run_folder_below_a_file_gives_one_line(tmp_path, capsys):
+def test_a_run_folder_below_a_file_gives_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = run_cli(["total_env_steps=16", f"run_dir={blocker / 'run'}"] + TINY, tmp_path, capsys)
+    done = cli("total_env_steps=16", f"run_dir={blocker / 'run'}", *TINY, cwd=tmp_path)
+    code, err = done.returncode, done.stderr
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and "cannot be written" in errors[0] and "Traceback" not in err, err
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------------
-
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd)
-
 
 def test_resume_from_a_copied_folder_continues_in_the_copy(tmp_path):
     original = tmp_path / "a"
