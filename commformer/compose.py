@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from commformer.config import GROUPS, Config, ConfigError, closest, load_config, unknown_key_line
+from commformer.config import Config, ConfigError, closest, load_config, unknown_key_line
 
 # Command-line flags of Hydra's app that print something instead of training: no validation then.
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
+from commformer.compose import override_key
 from commformer.config import Config, ConfigError, from_yaml
 from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 
@@ -27,7 +28,7 @@ def resumed_config(saved: Config, current: Config, overrides: Sequence[str] | No
     """The checkpoint's config with the keys of RESUME_OVERRIDABLE taken from the current config: all of them
     (overrides None: a config built in code), or only those the command line sets (overrides: its key=value
     strings; `resume` and `run_dir` always come from the command)."""
-    given = None if overrides is None else {o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] for o in overrides}
+    given = None if overrides is None else {override_key(o).split(".", 1)[0] for o in overrides}
     keys = [k for k in RESUME_OVERRIDABLE if given is None or k in given or k in ("resume", "run_dir")]
     return replace(saved, **{k: getattr(current, k) for k in keys})
 
@@ -58,7 +59,7 @@ def changed_overrides(saved: Config, current: Config, overrides: Sequence[str]) 
     new = OmegaConf.structured(current)
     out = []
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+        key = override_key(override)
         if key.startswith("hydra") or key.split(".", 1)[0] in RESUME_OVERRIDABLE:
             continue
         if OmegaConf.select(old, key, default=None) != OmegaConf.select(new, key, default=None):
