@@ -102,7 +102,7 @@ TRAIN_ROWS = [  # (label, overrides)
     ("rollout-heavy (B=256, T=20)", ["num_envs=256", "rollout_length=20"]),
     ("pcp (B=32, T=40)", ["env=pcp"]),
     ("mpe_simple_spread (B=32, T=40, 2 workers)", ["env=mpe_simple_spread"]),
-    ("smax_3m (B=32, T=40)", ["env=smax_3m"]),
+    ("smax_3m (B=32, T=40)", ["env=smax_3m", "num_envs=32", "rollout_length=40", "algo.minibatches=1"]),
 ]
 
 
@@ -150,13 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="named overrides: " + "; ".join(f"{k}: {' '.join(v) or '(none)'}" for k, v in PRESETS.items()))
     g.add_argument("--overrides", default="", help='extra Hydra overrides for both sides, e.g. "total_env_steps=16000"')
+    g.add_argument("--a-overrides", default="", help="extra overrides for side A (this checkout) only")
     g.add_argument("--b-overrides", default="", help="extra overrides for side B only (to compare two settings)")
     g.add_argument("--no-warmup", action="store_true", help="skip the short untimed run of each side first")
     args = p.parse_args(argv)
     if args.compare is not None:
         script_logging()
         text = guarded(lambda: compare_main(args.compare, args.pairs, args.preset, args.overrides.split(),
-                                            args.b_overrides.split(), args.out, warmup=not args.no_warmup))
+                                            args.b_overrides.split(), args.out, warmup=not args.no_warmup,
+                                            a_overrides=args.a_overrides.split()))
         sys.stdout.write(text)
         return
     torch.set_num_threads(args.threads)

@@ -42,11 +42,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # Overrides of the named presets (merged before --overrides; later keys win). The budgets are large enough that
 # start-up (imports, env construction) and the evaluations are a small share of a run, small enough for 3 pairs.
 PRESETS: dict[str, list[str]] = {
-    # the CommFormer authors' Predator-Prey settings: B=8, T=200, 10 epochs, clip 0.05 (20 iterations: 10 of warmup,
-    # 10 bi-level, one evaluation of 100 episodes at the end)
-    "authors_pp": ["num_envs=8", "rollout_length=200", "ppo_epochs=10", "algo.clip=0.05", "total_env_steps=32000"],
-    # SMAX 3m (JaxMARL, no StarCraft II), the default B=32, T=40 (50 iterations)
-    "smax_3m": ["env=smax_3m", "total_env_steps=64000"],
+    # the CommFormer authors' Predator-Prey settings: B=8, T=200, 10 epochs, clip 0.05 (60 iterations: 10 of
+    # warmup, 50 bi-level; evaluations of 100 episodes every 20)
+    "authors_pp": ["num_envs=8", "rollout_length=200", "ppo_epochs=10", "algo.clip=0.05", "total_env_steps=96000"],
+    # SMAX 3m (JaxMARL, no StarCraft II) at B=32, T=40, one minibatch, stated because later revisions give smax_3m
+    # its own settings (conf/env_settings/smax_3m.yaml); 50 iterations
+    "smax_3m": ["env=smax_3m", "num_envs=32", "rollout_length=40", "algo.minibatches=1", "total_env_steps=64000"],
     # the README's main job as it is: python scripts/train.py
     "default": [],
 }
@@ -161,6 +162,44 @@ def read_metrics(run_dir: Path) -> tuple[int, int, float, float]:
     steps = int(float(rows[-1]["env_steps"]))
     return (steps, len(rows), sum(float(r["perf/rollout_s"]) for r in rows),
             sum(float(r["perf/update_s"]) for r in rows))
+
+
+def flat_config(path: Path) -> dict[str, object]:
+    """A run folder's config.yaml as {dotted key: value} (empty when it cannot be read)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = node
+
+    walk("", data)
+    return out
+
+
+# keys that do not change what a run computes
+CONFIG_IGNORED = ("run_dir", "resume", "logger.", "checkpoint_every")
+
+
+def config_differences(a: dict[str, object], b: dict[str, object]) -> list[str]:
+    """'key: A=.. B=..' for keys both resolved configs hold with different values, then one line naming the keys
+    only one side has (a newer schema), ignoring CONFIG_IGNORED."""
+    keep = lambda k: not any(k == p or k.startswith(p) for p in CONFIG_IGNORED)  # noqa: E731
+    lines = [f"{k}: A={a[k]!r} B={b[k]!r}" for k in sorted(a.keys() & b.keys()) if keep(k) and a[k] != b[k]]
+    for side, mine, other in (("A", a, b), ("B", b, a)):
+        only = sorted(k for k in mine.keys() - other.keys() if keep(k))
+        if only:
+            shown = ", ".join(f"{k}={mine[k]!r}" for k in only[:12])
+            lines.append(f"only {side} has {len(only)} keys: {shown}" + (", ..." if len(only) > 12 else ""))
+    return lines
 
 
 # ---- memory of a process tree ------------------------------------------------------------------------------------
@@ -338,6 +377,7 @@ class Comparison:
     load_after: tuple[float, float, float]
     started: str
     seconds: float
+    config_diff: list[str] = field(default_factory=list)
 
 
 def interleaved(a: Side, b: Side, pairs: int, work_dir: Path, warmup: bool = True,
@@ -361,7 +401,9 @@ def interleaved(a: Side, b: Side, pairs: int, work_dir: Path, warmup: bool = Tru
             say(f"  {r.env_steps} env steps, {r.wall_s:.1f} s wall, {r.cpu_s:.1f} s CPU, rollout {r.rollout_s:.2f} s, "
                 f"update {r.update_s:.2f} s, peak {r.mem_kind} {r.peak_mem_mb:.0f} MB")
             runs.append(r)
-    return Comparison(a, b, runs_a, runs_b, load0, os.getloadavg(), started, time.perf_counter() - t0)
+    diff = config_differences(flat_config(work_dir / "pair0_A" / "config.yaml"),
+                              flat_config(work_dir / "pair0_B" / "config.yaml"))
+    return Comparison(a, b, runs_a, runs_b, load0, os.getloadavg(), started, time.perf_counter() - t0, diff)
 
 
 def report(c: Comparison, preset: str | None, extra: Sequence[str]) -> str:
@@ -373,28 +415,33 @@ def report(c: Comparison, preset: str | None, extra: Sequence[str]) -> str:
     lines = [
         f"### {c.a.label} vs {c.b.label}" + (f" ({preset})" if preset else ""),
         "",
-        f"- date: {c.started}; {len(c.runs_a)} pairs run interleaved A B A B ({c.seconds / 60:.1f} min)"
+        f"- date: {c.started}; {len(c.runs_a)} pair(s) run interleaved A B A B ({c.seconds / 60:.1f} min)"
         + ("" if len(c.runs_a) >= 3 else "; FEWER THAN 3 PAIRS: a smoke run, not a measurement"),
         f"- machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}, torch {torch.__version__}; load average (1/5/15 min) before "
         f"{loads(c.load_before)}, after {loads(c.load_after)}",
         f"- command: `python scripts/train.py {' '.join(c.a.overrides)}`"
-        + ("" if same else f" (B: `{' '.join(c.b.overrides)}`)") + ", each revision its own scripts/train.py",
+        + ("" if same else f" (B: `python scripts/train.py {' '.join(c.b.overrides)}`)")
+        + ", each revision its own scripts/train.py",
     ]
     if extra:
         lines.append(f"- overrides given: `{' '.join(extra)}`")
+    if c.config_diff:
+        lines.append("- resolved configs differ (each run folder's config.yaml): " + "; ".join(c.config_diff))
+    else:
+        lines.append("- resolved configs: the same values for every key both revisions have")
     lines += ["", comparison_table(c.runs_a, c.runs_b, c.a.label, c.b.label), ""]
     return "\n".join(lines)
 
 
 def compare_main(rev: str, pairs: int, preset: str | None, overrides: Sequence[str], b_overrides: Sequence[str],
-                 out: Path | None, warmup: bool = True) -> str:
+                 out: Path | None, warmup: bool = True, a_overrides: Sequence[str] = ()) -> str:
     """The --compare mode of scripts/benchmark.py: returns (and writes to `out`) the markdown report."""
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"--preset {preset!r}; allowed: {sorted(PRESETS)}")
     extra = list(overrides)
-    ov = merge_overrides(COMMON, PRESETS[preset] if preset else [], extra)
-    ov_b = merge_overrides(ov, b_overrides)
+    common = merge_overrides(COMMON, PRESETS[preset] if preset else [], extra)
+    ov, ov_b = merge_overrides(common, a_overrides), merge_overrides(common, b_overrides)
 
     def say(message: str) -> None:
         sys.stderr.write(message + "\n")

@@ -1,53 +1,88 @@
 """The acting step at the floor: the CommFormer forward pass of one env step with its projections fused per set of
-weights (REFERENCE.md 2; the readable form is CommFormer.encode + CommFormer.autoregressive, which this equals up to
-float rounding).
+weights. The readable form is CommFormer.encode + CommFormer.autoregressive (REFERENCE.md 2); this computes the same
+function, equal up to float rounding (tests/test_acting.py holds them together).
 
 Acting runs one encoder pass and N small decoder steps per env step at a small batch (B envs), where the cost is the
 number of tensor operations, not arithmetic. Everything that depends on the weights alone is folded once per set of
-weights (ActingWeights.of, cached by policy.Agent until a parameter changes):
-- encoder attention: one linear gives the scaled queries, the keys, the relation terms q.rk_1 and rq_1.k + rq_1.rk_1,
-  the label-0 correction of the self-loop and the values already through the output projection (w sums to 1 over
-  the keys, so out(sum_j w_j v_j) = sum_j w_j out'(v_j) + b_out);
-- decoder: the stream table and its cross-attention keys and values are constant, so one linear on the encoder
-  output gives the value head's first layer and agent i's score of every table token (start token and each action);
-  a decoder step is then a gather of scores, a softmax and one batched product with the out-projected token values.
-The w * M product of masked_weights is skipped: M is 0/1 and w is already 0 where M is 0 (it exists for the
-gradient). Shapes: B envs, N agents, O obs width, A actions, H hidden, h heads, dh = H/h.
+weights (ActingWeights.of; policy.Agent caches it until a parameter changes, a rollout builds it once):
+- encoder attention: one linear gives queries and keys augmented with the relation terms (q.rk_1 and
+  rq_1.k + rq_1.rk_1, so one product of the two is every label-1 score), the self-loop's label-0 correction, and
+  the values already through the output projection (the weights sum to 1 over the keys, so
+  out(sum_j w_j v_j) = sum_j w_j W_out v_j + b_out);
+- decoder: the stream table and its cross-attention keys and values are constants, so one linear on the encoder
+  output gives the value head's first layer and every agent's score of each table token (the start token, each
+  action). Agent i attends to positions, but positions holding the same token share key and value, so the softmax
+  over positions equals a softmax over tokens with log(count) added, count = how many positions agent i sees that
+  hold the token; a decoder step is then an add, a softmax and one product with the out-projected token values;
+- the residual add after each feed-forward block is folded into the LayerNorm before it (its bias gains the block's
+  output bias; the block's input bias loses W1 times it).
+The w * M product of masked_weights is skipped: M is 0/1 and w is already 0 where M is 0 (the product is there for
+the gradient). Run everything here under torch.inference_mode (Agent.act does).
+Shapes: B envs, N agents, O obs width, A actions, T = A+1 stream tokens, H hidden, h heads, dh = H/h.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from commformer.method.attention import EncoderLayer
 from commformer.method.model import NEG, neg_gumbel
 
 
-def _ln(m: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+class Norm(NamedTuple):
+    """A LayerNorm over the last dimension: affine parameters (shape [H] each; None for none) and epsilon."""
+
+    weight: Tensor | None
+    bias: Tensor | None
+    eps: float
+
+    @staticmethod
+    def of(m: nn.LayerNorm, bias_shift: Tensor | None = None) -> "Norm":
+        return Norm(m.weight, m.bias if bias_shift is None else m.bias + bias_shift, m.eps)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
 
-def _mlp(m: nn.Sequential, x: Tensor) -> Tensor:
-    """Linear -> GELU -> Linear of a gelu_mlp."""
-    return F.linear(F.gelu(F.linear(x, m[0].weight, m[0].bias)), m[2].weight, m[2].bias)
+class Residual(NamedTuple):
+    """x + W2 gelu(W1 x + b1) + b2 on x' = x + b2 (the LayerNorm before it adds b2): W2 gelu(W1 x' + b1') + x'
+    with b1' = b1 - W1 b2. w1t [H,H'], w2t [H',H] transposed for addmm."""
+
+    w1t: Tensor
+    b1: Tensor
+    w2t: Tensor
+
+    @staticmethod
+    def of(mlp: nn.Sequential) -> tuple["Residual", Tensor]:
+        """(the folded block, the shift b2 for the LayerNorm before it) of a Linear-GELU-Linear block."""
+        l1, l2 = mlp[0], mlp[2]
+        return Residual(l1.weight.T.contiguous(), l1.bias - l1.weight @ l2.bias, l2.weight.T.contiguous()), l2.bias
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x [R,H] (2-d) -> [R,H]."""
+        return torch.addmm(x, F.gelu(torch.addmm(self.b1, x, self.w1t)), self.w2t)
 
 
 @dataclass(frozen=True)
 class EncoderWeights:
-    """One encoder layer, fused. Columns of `weight` [C,H] (C = 2H + 3h + hH), in order: scaled queries s*q (H),
-    keys k (H), s*q.rk_1 per head (h), s*(rq_1.k + rq_1.rk_1) per head (h), the self-loop's label-0 minus label-1
-    terms per head (h), out-projected values per head (hH, bias of the output projection not included)."""
+    """One encoder layer, fused. Rows of `weight` [C,H] (C = 2h(dh+2) + h + hH), in order: per head the augmented
+    query [s*q, s*q.rk_1, 1] (dh+2), per head the augmented key [k, 1, s*(rq_1.k + rq_1.rk_1)] (dh+2), so one
+    product of the two gives every label-1 score; the self-loop's label-0 minus label-1 terms per head (h); per head
+    the values through the output projection (hH; its bias is out_bias). The constant 1 is a zero row with bias 1."""
 
+    heads: int
     weight: Tensor
     bias: Tensor
     out_bias: Tensor  # [H]
-    layer: EncoderLayer  # its LayerNorms and feed-forward, used as they are
+    ln1: Norm  # shifted by the feed-forward's output bias (Residual)
+    ff: Residual
+    ln2: Norm
 
     @staticmethod
-    def of(layer: EncoderLayer) -> "EncoderWeights":
+    def of(layer: nn.Module) -> "EncoderWeights":
         at = layer.attn
         heads, dh, s = at.heads, at.dh, at.scale
         hid = heads * dh
@@ -55,33 +90,35 @@ class EncoderWeights:
         wk, bk = at.kv.weight[:hid].view(heads, dh, hid), at.kv.bias[:hid].view(heads, dh)
         wv, bv = at.kv.weight[hid:].view(heads, dh, hid), at.kv.bias[hid:].view(heads, dh)
         rq, rk, c = at.relation_terms()  # [L,h,dh], [L,h,dh], [h,L]
-        wo = at.out.weight.view(hid, heads, dh)  # out[:, head m] acts on v^m
-        q_rk = [torch.einsum("hd,hdc->hc", rk[lab], wq) * s for lab in (0, 1)]  # [h,H]: weight of s*q^m.rk_l^m
+        wo = at.out.weight.view(hid, heads, dh)  # out[:, block m] acts on head m's values
+        q_rk = [torch.einsum("hd,hdc->hc", rk[lab], wq) * s for lab in (0, 1)]  # [h,H]: rows of s*q^m.rk_l^m
         q_rk_b = [(rk[lab] * bq).sum(-1) * s for lab in (0, 1)]  # [h]
         rq_k = [torch.einsum("hd,hdc->hc", rq[lab], wk) * s for lab in (0, 1)]
-        rq_k_b = [((rq[lab] * bk).sum(-1) + c[:, lab]) * s for lab in (0, 1)]  # the constant rq.rk folded in
-        vo = torch.einsum("ohd,hdc->hoc", wo, wv).reshape(heads * hid, hid)  # [hH,H]: out[:, m] @ W_v^m
+        rq_k_b = [((rq[lab] * bk).sum(-1) + c[:, lab]) * s for lab in (0, 1)]  # with the constant rq.rk
+        zero, one = wq.new_zeros(heads, 1, hid), bq.new_ones(heads, 1)
+        w_q = torch.cat([wq * s, q_rk[1][:, None], zero], dim=1).reshape(-1, hid)  # [h(dh+2),H]
+        b_q = torch.cat([bq * s, q_rk_b[1][:, None], one], dim=1).reshape(-1)
+        w_k = torch.cat([wk, zero, rq_k[1][:, None]], dim=1).reshape(-1, hid)
+        b_k = torch.cat([bk, one, rq_k_b[1][:, None]], dim=1).reshape(-1)
+        vo = torch.einsum("ohd,hdc->hoc", wo, wv).reshape(heads * hid, hid)  # [hH,H]: W_out[:, m] W_v^m
         vo_b = torch.einsum("ohd,hd->ho", wo, bv).reshape(heads * hid)
-        weight = torch.cat([at.q.weight * s, at.kv.weight[:hid], q_rk[1], rq_k[1],
-                            q_rk[0] - q_rk[1] + rq_k[0] - rq_k[1], vo])
-        bias = torch.cat([at.q.bias * s, at.kv.bias[:hid], q_rk_b[1], rq_k_b[1],
-                          q_rk_b[0] - q_rk_b[1] + rq_k_b[0] - rq_k_b[1], vo_b])
-        return EncoderWeights(weight, bias, at.out.bias, layer)
+        weight = torch.cat([w_q, w_k, q_rk[0] - q_rk[1] + rq_k[0] - rq_k[1], vo])
+        bias = torch.cat([b_q, b_k, q_rk_b[0] - q_rk_b[1] + rq_k_b[0] - rq_k_b[1], vo_b])
+        ff, shift = Residual.of(layer.ff)
+        return EncoderWeights(heads, weight, bias, at.out.bias, Norm.of(layer.ln1, shift), ff, Norm.of(layer.ln2))
 
-    def forward(self, x: Tensor, mask_zero: Tensor, gate: Tensor | None) -> Tensor:
+    def __call__(self, x: Tensor, mask_zero: Tensor, gate: Tensor | None) -> Tensor:
         """x [B,N,H], mask_zero [B,1,N,N] bool (True where M = 0), gate [B,N] f32 or None -> [B,N,H]."""
         b, n, hid = x.shape
-        heads = self.layer.attn.heads
-        dh = hid // heads
+        heads = self.heads
+        da = hid // heads + 2  # augmented head width
         z = F.linear(x, self.weight, self.bias)
-        q = z[..., :hid].view(b, n, heads, dh).transpose(1, 2)  # [B,h,N,dh]
-        k = z[..., hid: 2 * hid].view(b, n, heads, dh).permute(0, 2, 3, 1)  # [B,h,dh,N]
-        o = 2 * hid
-        q_r1, k_r1, diag = (z[..., o + j * heads: o + (j + 1) * heads].transpose(1, 2) for j in range(3))  # [B,h,N]
-        vo = z[..., o + 3 * heads:].view(b, n, heads, hid)  # [B,N(j),h,H]
-        scores = torch.baddbmm((q_r1[..., :, None] + k_r1[..., None, :]).reshape(b * heads, n, n),
-                               q.reshape(b * heads, n, dh), k.reshape(b * heads, dh, n)).view(b, heads, n, n)
-        scores.diagonal(dim1=-2, dim2=-1).add_(diag)
+        o = 2 * heads * da
+        q = z[..., : heads * da].view(b, n, heads, da).transpose(1, 2).reshape(b * heads, n, da)
+        k = z[..., heads * da: o].view(b, n, heads, da).permute(0, 2, 3, 1).reshape(b * heads, da, n)
+        vo = z[..., o + heads:].view(b, n, heads, hid)  # [B,N(j),h,H]
+        scores = torch.bmm(q, k).view(b, heads, n, n)
+        scores.diagonal(dim1=-2, dim2=-1).add_(z[..., o: o + heads].transpose(1, 2))  # the self-loop: label 0
         w = torch.softmax(scores.masked_fill_(mask_zero, float("-inf")), dim=-1)  # [B,h,N,N]
         # a_i = sum over heads m and keys j of w^m_ij vo^m_j, plus the output bias
         a = torch.baddbmm(self.out_bias, w.transpose(1, 2).reshape(b, n, heads * n),
@@ -89,27 +126,43 @@ class EncoderWeights:
         if gate is not None:  # the self-only output: attention weight 1 on the agent itself
             g = gate[..., None]
             a = g * a + (1.0 - g) * (vo.sum(2) + self.out_bias)
-        lay = self.layer
-        x = _ln(lay.ln1, x + a)
-        return _ln(lay.ln2, x + _mlp(lay.ff, x))
+        x = self.ln1(x + a).view(b * n, hid)
+        return self.ln2(self.ff(x)).view(b, n, hid)
 
 
 @dataclass(frozen=True)
 class ActingWeights:
     """Every fused weight of an acting step, for one set of the model's weights (no gradient).
 
-    head_in [C,H], head_in_b [C]: on the encoder output, the value head's first layer (H) then each head's scores of
-    the A+1 table tokens (h(A+1), token A = the start token), scaled, with the relation terms folded in |
-    token_out [A+1,h,H]: each token's value through head m's part of the output projection | out_bias [H] |
-    start_out [H]: the output of attending to the start token only, without out_bias (agent 0; a closed gate)."""
+    embed: LayerNorm(O) without its affine part, the linear with that part folded in (w [H,O], b [H]; as
+    CommFormer.embed), LayerNorm(H) | encoder: EncoderWeights per layer |
+    head_in [H+hT,H], head_in_b: on the encoder output, the value head's first layer (H rows), then each head's
+    scores of the T table tokens (token A = the start token), scaled, relation terms folded in | value_w [1,H],
+    value_b [1] | token_out [hT,H]: each token's value through head m's block of the output projection (row m*T + t) |
+    out_bias [H] | start_out [H]: the output of attending to the start token only, without out_bias (agent 0, a
+    closed gate) | dec_ln2 (shifted for dec_mlp), dec_mlp, dec_ln3 | head_w, head_b: per agent [H,A], [A] | start [T]: 1 at
+    the start token | self_loop [N,N] bool."""
 
-    model: nn.Module
+    embed_ln0: Norm
+    embed_w: Tensor
+    embed_b: Tensor
+    embed_ln1: Norm
     encoder: tuple[EncoderWeights, ...]
+    heads: int
     head_in: Tensor
     head_in_b: Tensor
+    value_w: Tensor
+    value_b: Tensor
     token_out: Tensor
     out_bias: Tensor
     start_out: Tensor
+    dec_ln2: Norm
+    dec_mlp: Residual
+    dec_ln3: Norm
+    head_w: tuple[Tensor, ...]
+    head_b: tuple[Tensor, ...]
+    start: Tensor
+    self_loop: Tensor
 
     @staticmethod
     @torch.no_grad()
@@ -118,34 +171,42 @@ class ActingWeights:
         heads, dh, s = ca.heads, ca.dh, ca.scale
         hid = heads * dh
         a_start = model.shape.n_actions
-        k_tab, v_tab = ca.project_kv(model.stream_table())  # [A+1,h,dh]
+        n_tok = a_start + 1
+        k_tab, v_tab = ca.project_kv(model.stream_table())  # [T,h,dh]
         rq, rk = ca.relations()
         wq, bq = ca.q.weight.view(heads, dh, hid), ca.q.bias.view(heads, dh)
         keys = k_tab + rk[1]  # label 1: a position holding an action
         keys[a_start] = k_tab[a_start] + rk[0]  # label 0: the start token
-        rel_q = rq[1].expand(a_start + 1, heads, dh).clone()
+        rel_q = rq[1].expand(n_tok, heads, dh).clone()
         rel_q[a_start] = rq[0]
-        w_tok = torch.einsum("thd,hdc->htc", keys, wq).reshape(heads * (a_start + 1), hid) * s
-        b_tok = ((bq + rel_q) * keys).sum(-1).T.reshape(-1) * s  # [h(A+1)]
-        v1 = model.value_head[0]
+        w_tok = torch.einsum("thd,hdc->htc", keys, wq).reshape(heads * n_tok, hid) * s
+        b_tok = ((bq + rel_q) * keys).sum(-1).T.reshape(-1) * s  # [hT]
         wo = ca.out.weight.view(hid, heads, dh)
-        token_out = torch.einsum("ohd,thd->tho", wo, v_tab)  # [A+1,h,H]
+        token_out = torch.einsum("ohd,thd->hto", wo, v_tab)  # [h,T,H]
+        e, v = model.obs_embed, model.value_head
+        dec_mlp, shift = Residual.of(model.dec_mlp)
+        start = torch.zeros(n_tok, device=k_tab.device)
+        start[a_start] = 1.0
         return ActingWeights(
-            model=model, encoder=tuple(EncoderWeights.of(layer) for layer in model.encoder),
-            head_in=torch.cat([v1.weight, w_tok]), head_in_b=torch.cat([v1.bias, b_tok]), token_out=token_out,
-            out_bias=ca.out.bias, start_out=token_out[a_start].sum(0))
+            embed_ln0=Norm(None, None, e[0].eps), embed_w=e[1].weight * e[0].weight,
+            embed_b=torch.addmv(e[1].bias, e[1].weight, e[0].bias), embed_ln1=Norm.of(e[3]),
+            encoder=tuple(EncoderWeights.of(layer) for layer in model.encoder), heads=heads,
+            head_in=torch.cat([v[0].weight, w_tok]), head_in_b=torch.cat([v[0].bias, b_tok]), value_w=v[2].weight,
+            value_b=v[2].bias, token_out=token_out.reshape(heads * n_tok, hid), out_bias=ca.out.bias,
+            start_out=token_out[:, a_start].sum(0), dec_ln2=Norm.of(model.dec_ln2, shift), dec_mlp=dec_mlp,
+            dec_ln3=Norm.of(model.dec_ln3), head_w=model.head_w.unbind(0), head_b=model.head_b.unbind(0), start=start,
+            self_loop=model.enc_label0)
 
     def embed(self, obs: Tensor) -> Tensor:
         """obs [B,N,O] -> h [B,N,H] (CommFormer.embed)."""
-        e = self.model.obs_embed
-        return _ln(e[3], F.gelu(F.linear(_ln(e[0], obs), e[1].weight, e[1].bias)))
+        return self.embed_ln1(F.gelu(F.linear(self.embed_ln0(obs), self.embed_w, self.embed_b)))
 
     def encode(self, h: Tensor, hard: Tensor, alive: Tensor, gate: Tensor | None) -> tuple[Tensor, Tensor]:
         """h [B,N,H], hard [B,N,N] bool acting graph (no self-loop), alive [B,N] bool, gate [B,N] f32 or None
         -> (enc [B,N,H], mask_zero [B,N,N] bool: True where M = 0)."""
-        mask_zero = ~((hard & alive[:, None, :]) | self.model.enc_label0)  # M = hard * alive_j, self-loop 1
-        for enc_w in self.encoder:
-            h = enc_w.forward(h, mask_zero[:, None], gate)
+        mask_zero = ~((hard & alive[:, None, :]) | self.self_loop)  # M = hard * alive_j, self-loop 1
+        for layer in self.encoder:
+            h = layer(h, mask_zero[:, None], gate)
         return h, mask_zero
 
     def value(self, enc: Tensor) -> Tensor:
@@ -154,8 +215,7 @@ class ActingWeights:
         return self._value_out(F.linear(enc, self.head_in[:hid], self.head_in_b[:hid]))
 
     def _value_out(self, z: Tensor) -> Tensor:
-        vh = self.model.value_head[2]
-        return F.linear(F.gelu(z), vh.weight, vh.bias).squeeze(-1)
+        return F.linear(F.gelu(z), self.value_w, self.value_b).squeeze(-1)
 
     def decode(self, enc: Tensor, mask_zero: Tensor, gate: Tensor | None, avail: Tensor, neg_noise: Tensor | None,
                generator: torch.Generator | None, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -164,45 +224,43 @@ class ActingWeights:
         enc [B,N,H], mask_zero [B,N,N] (encode) | gate [B,N] f32 or None | avail [B,N,A] bool | neg_noise [N,B,A]:
         neg_gumbel noise of each agent's sample (None: drawn here from `generator`, agent by agent) |
         deterministic: argmax instead of sampling."""
-        m = self.model
         b, n, hid = enc.shape
-        heads, n_tok = m.cross_attn.heads, self.token_out.shape[0]
+        heads, n_tok = self.heads, self.start.shape[0]
         z = F.linear(enc, self.head_in, self.head_in_b)
         value = self._value_out(z[..., :hid])
-        scores = z[..., hid:].view(b, n, heads, n_tok)  # agent i's score of each table token
-        # agent i sees position 0 (the start token) and position p >= 1 (the action of agent p-1) where p-1 < i
-        # and M[i, p-1] = 1; position N only collects the last action
-        unseen = torch.cat([mask_zero.new_zeros(b, n, 1), mask_zero], dim=-1)  # [B,N,N+1]
-        tokens = torch.full((b, n + 1), n_tok - 1, dtype=torch.long, device=enc.device)  # each position's token
-        logits_all = torch.empty(b, n, avail.shape[-1], device=enc.device)
-        base = enc + self.out_bias  # enc_i + the output projection's bias
-        att = self.start_out
+        scores = z[..., hid:].view(b, n, heads, n_tok).unbind(1)  # per agent i: [B,h,T] scores of each token
+        # sees[b, i, j] = 1 where agent i sees agent j's action (j < i and M[i, j] = 1; D of REFERENCE.md 2)
+        sees = (~mask_zero).tril(-1).float().unsqueeze(-1).unbind(2)  # per agent j: [B,N,1]
+        counts = self.start.expand(b, n, n_tok).clone()  # visible positions per token: the start token, once
+        counts_of = counts.unsqueeze(2).unbind(1)  # per agent i: a [B,1,T] view
+        base = (enc + self.out_bias).unbind(1)  # enc_i + the output projection's bias
+        unavail = (~avail).unbind(1)
+        noise = None if neg_noise is None else neg_noise.unbind(0)
+        actions, logits_all = [], []
         for i in range(n):
             if i == 0:
-                pre = base[:, 0] + att if gate is None else None
+                att = self.start_out
             else:
-                tok = tokens[:, : i + 1]  # [B,1+i]
-                s = scores[:, i].gather(-1, tok[:, None, :].expand(b, heads, i + 1))  # [B,h,1+i]
-                w = torch.softmax(s.masked_fill_(unseen[:, i, None, : i + 1], float("-inf")), dim=-1)
-                w = w.view(b, 1, heads * (i + 1))
-                vals = self.token_out[tok].transpose(1, 2).reshape(b, heads * (i + 1), hid)
-                if gate is None:
-                    pre = torch.baddbmm(base[:, i, None], w, vals)[:, 0]  # enc_i + attention output
-                else:
-                    att = torch.bmm(w, vals)[:, 0]
-            if gate is not None:
+                logit = scores[i] + counts_of[i].log()  # log(0) = -inf: tokens agent i does not see
+                w = torch.softmax(logit, dim=-1).view(b, heads * n_tok)
+            if gate is None:
+                pre = base[0] + att if i == 0 else torch.addmm(base[i], w, self.token_out)  # enc_i + attention
+            else:
+                att = att if i == 0 else w @ self.token_out
                 g = gate[:, i, None]
-                pre = base[:, i] + (g * att + (1.0 - g) * self.start_out)
-            u = _ln(m.dec_ln2, pre)
-            u = _ln(m.dec_ln3, u + _mlp(m.dec_mlp, u))
-            logits = torch.addmm(m.head_b[i], u, m.head_w[i]).masked_fill_(~avail[:, i], NEG)
-            logits_all[:, i] = logits
+                pre = base[i] + (g * att + (1.0 - g) * self.start_out)
+            u = self.dec_ln3(self.dec_mlp(self.dec_ln2(pre)))
+            logits = torch.addmm(self.head_b[i], u, self.head_w[i]).masked_fill_(unavail[i], NEG)
+            logits_all.append(logits)
             if deterministic:
-                tokens[:, i + 1] = logits.argmax(-1)
+                a = logits.argmax(-1)
             else:
-                noise = neg_noise[i] if neg_noise is not None else neg_gumbel(
+                eps = noise[i] if noise is not None else neg_gumbel(
                     torch.rand(logits.shape, generator=generator, device=logits.device))
-                tokens[:, i + 1] = (logits - noise).argmax(-1)
-        actions = tokens[:, 1:].contiguous()
-        logp = torch.log_softmax(logits_all, -1).gather(-1, actions[..., None]).squeeze(-1)
-        return actions, logp, value
+                a = (logits - eps).argmax(-1)
+            actions.append(a)
+            if i + 1 < n:  # the later agents that see agent i count its action's token once more
+                counts.scatter_add_(2, a.view(b, 1, 1).expand(b, n, 1), sees[i])
+        actions_t = torch.stack(actions, dim=1)
+        logp = torch.log_softmax(torch.stack(logits_all, dim=1), -1).gather(-1, actions_t[..., None]).squeeze(-1)
+        return actions_t, logp, value

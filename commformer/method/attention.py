@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from commformer.method.kernels import dense, gelu_mlp_forward, linear
+
 N_LABELS = 2
 
 
@@ -30,10 +32,11 @@ class Relations(NamedTuple):
 def masked_weights(logits: Tensor, mask: Tensor) -> Tensor:
     """w = softmax over keys of logits with -inf where mask == 0, then w * mask.
 
-    logits [B,heads,Nq,Nk] | mask [B,Nq,Nk] f32 (0/1 values, may carry gradient) -> [B,heads,Nq,Nk]."""
+    logits [B,heads,Nq,Nk] | mask [B,Nq,Nk] f32 (0/1 values, may carry gradient) -> [B,heads,Nq,Nk]. The product
+    changes no value (w is already 0 where the mask is); it is taken only when the mask carries a gradient."""
     m = mask[:, None]
     w = torch.softmax(logits.masked_fill(m.detach() == 0, float("-inf")), dim=-1)
-    return w * m
+    return w * m if m.requires_grad else w
 
 
 class RelationAttention(nn.Module):
@@ -68,16 +71,20 @@ class RelationAttention(nn.Module):
 
     def project_kv(self, key: Tensor) -> tuple[Tensor, Tensor]:
         """key [...,Nk,H] -> (k, v), each [...,Nk,heads,dh]."""
-        k, v = self.kv(key).chunk(2, dim=-1)
+        k, v = dense(self.kv, key).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
     def scores(self, q: Tensor, k: Tensor, label0: Tensor, rel: Relations) -> Tensor:
         """Scaled relation scores: q [B,Nq,h,dh], k [B,Nk,h,dh], label0 [Nq,Nk] bool (edge label 0 there, else 1)
         -> [B,h,Nq,Nk]. Expanded as q.k + q.rk_l + rq_l.k + rq_l.rk_l so only q.k is a full product."""
-        rq, rk, c = rel  # [L,h,dh], [L,h,dh], [h,L]
-        qk = torch.einsum("bihd,bjhd->bhij", q, k)
+        rq, rk, _ = rel  # [L,h,dh]
         q_rk = torch.einsum("bihd,lhd->bhil", q, rk)  # [B,h,Nq,L]
         rq_k = torch.einsum("bjhd,lhd->bhlj", k, rq)  # [B,h,L,Nk]
+        return self.relation_scores(torch.einsum("bihd,bjhd->bhij", q, k), q_rk, rq_k, rel.c, label0)
+
+    def relation_scores(self, qk: Tensor, q_rk: Tensor, rq_k: Tensor, c: Tensor, label0: Tensor) -> Tensor:
+        """(qk + q.rk_l + rq_l.k + c_l) * scale with l the edge label: qk [B,h,Nq,Nk], q_rk [B,h,Nq,L],
+        rq_k [B,h,L,Nk], c [h,L], label0 [Nq,Nk] bool -> [B,h,Nq,Nk]."""
         r0 = q_rk[..., 0:1] + rq_k[..., 0:1, :] + c[:, 0, None, None]
         r1 = q_rk[..., 1:2] + rq_k[..., 1:2, :] + c[:, 1, None, None]
         return (qk + torch.where(label0, r0, r1)) * self.scale
@@ -85,17 +92,56 @@ class RelationAttention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
         """Attention from projected q [B,Nq,h,dh], k / v [B,Nk,h,dh] -> [B,Nq,H] (after the output projection)."""
         w = self.drop(masked_weights(self.scores(q, k, label0, self.relation_terms()), mask))
-        return self.out(torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
+        return dense(self.out, torch.einsum("bhij,bjhd->bihd", w, v).flatten(-2))
 
     def forward(self, query: Tensor, key: Tensor, mask: Tensor, label0: Tensor) -> Tensor:
         """query [B,Nq,H], key [B,Nk,H], mask [B,Nq,Nk] f32, label0 [Nq,Nk] bool -> [B,Nq,H]."""
         k, v = self.project_kv(key)
-        return self.attend(self.split(self.q(query)), k, v, mask, label0)
+        return self.attend(self.split(dense(self.q, query)), k, v, mask, label0)
+
+    def self_attention(self, x: Tensor, mask: Tensor, label0: Tensor,
+                       self_only: bool = False) -> tuple[Tensor, Tensor | None]:
+        """forward(x, x, mask, label0) -> (out [B,N,H], the self-only output [B,N,H] if asked, else None).
+
+        One product gives q, k, the relation terms q.rk_l and rq_l.k, and the values already through the output
+        projection, W_out[:, m] v^m per head m: the weights are stacked per pass from the parameters (rk_l W_q,
+        rq_l W_k, W_out[:, m] W_v^m and their biases), so the gradient reaches every parameter as in forward().
+        The weights of a row sum to 1 over the keys, so out(sum_j w_j v_j) = sum_j w_j W_out v_j + b_out, and the
+        gradient of each w_j is the same. The self-only output (the gate's closed path: weight 1 on the agent
+        itself) is W_out v_i + b_out, reusing the values."""
+        hid, heads, dh = self.q.out_features, self.heads, self.dh
+        rq, rk, c = self.relation_terms()  # [L,h,dh]
+        n_rel = heads * rq.shape[0]
+        wq, bq = self.q.weight.view(heads, dh, hid), self.q.bias.view(heads, dh)
+        wk, bk = self.kv.weight[:hid].view(heads, dh, hid), self.kv.bias[:hid].view(heads, dh)
+        wv, bv = self.kv.weight[hid:].view(heads, dh, hid), self.kv.bias[hid:].view(heads, dh)
+        wo = self.out.weight.view(hid, heads, dh)  # block m of the output projection acts on head m
+        weight = torch.cat([self.q.weight, self.kv.weight[:hid],
+                            torch.einsum("ohd,hdc->hoc", wo, wv).reshape(heads * hid, hid),
+                            torch.einsum("lhd,hdc->hlc", rk, wq).reshape(n_rel, hid),
+                            torch.einsum("lhd,hdc->hlc", rq, wk).reshape(n_rel, hid)])
+        bias = torch.cat([self.q.bias, self.kv.bias[:hid], torch.einsum("ohd,hd->ho", wo, bv).reshape(heads * hid),
+                          torch.einsum("lhd,hd->hl", rk, bq).reshape(n_rel),
+                          torch.einsum("lhd,hd->hl", rq, bk).reshape(n_rel)])
+        # one split (its backward concatenates the gradients; slices would each zero-fill a full-size gradient)
+        q, k, vo, q_rk, rq_k = linear(x, weight, bias).split([hid, hid, heads * hid, n_rel, n_rel], dim=-1)
+        b, n = x.shape[:2]
+        q_rk = q_rk.view(b, n, heads, -1).transpose(1, 2)  # [B,h,N,L]
+        rq_k = rq_k.view(b, n, heads, -1).permute(0, 2, 3, 1)  # [B,h,L,N]
+        scores = self.relation_scores(torch.einsum("bihd,bjhd->bhij", self.split(q), self.split(k)), q_rk, rq_k, c,
+                                      label0)
+        w = self.drop(masked_weights(scores, mask))  # [B,h,N,N]
+        vo = vo.view(b, n, heads, hid)  # [B,N,h,H]
+        if heads == 1:  # views, not selects: a select's backward zero-fills a full-size gradient
+            out = torch.baddbmm(self.out.bias, w.view(b, n, n), vo.view(b, n, hid))
+        else:
+            out = torch.einsum("bmij,bjmc->bic", w, vo) + self.out.bias
+        return out, (vo.sum(2) + self.out.bias if self_only else None)
 
     def values(self, x: Tensor) -> Tensor:
         """Output of attending to one key only (weight 1 on it): out(v(x)). x [...,H] -> [...,H]."""
         h = self.kv.out_features // 2
-        return self.out(torch.nn.functional.linear(x, self.kv.weight[h:], self.kv.bias[h:]))
+        return dense(self.out, linear(x, self.kv.weight[h:], self.kv.bias[h:]))
 
 
 class EncoderLayer(nn.Module):
@@ -111,12 +157,12 @@ class EncoderLayer(nn.Module):
         """h [B,N,H], mask M [B,N,N] f32, label0 [N,N] bool (the self-loop), gate [B,N] f32 or None -> [B,N,H].
 
         With a gate: out_i = g_i * attn(M)_i + (1 - g_i) * attn(self only)_i (REFERENCE.md 5)."""
-        a = self.attn(h, h, mask, label0)
+        a, alone = self.attn.self_attention(h, mask, label0, self_only=gate is not None)
         if gate is not None:
             g = gate[..., None]
-            a = g * a + (1.0 - g) * self.attn.values(h)
+            a = g * a + (1.0 - g) * alone
         h = self.ln1(h + a)
-        return self.ln2(h + self.ff(h))
+        return self.ln2(h + gelu_mlp_forward(self.ff, h))
 
 
 def gelu_mlp(inp: int, hidden: int, out: int) -> nn.Sequential:

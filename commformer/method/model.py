@@ -10,13 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commformer.config import AlgoConfig
-from commformer.method.attention import EncoderLayer, RelationAttention, gelu_mlp
+from commformer.method.attention import EncoderLayer, RelationAttention, gelu_mlp, masked_weights
+from commformer.method.kernels import dense, gelu_mlp_forward, linear
 from commformer.method.gates import TemporalGate
 
 NEG = -1e9  # logit of an unavailable action
+BLOCK_HEADS_MAX = 8  # up to this many agents the heads run as one block-diagonal product (N times the work)
+OBS_MEMO_MIN = 1 << 16  # normalized_obs keeps results from this many values on (an update's batch, not a step's)
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,37 @@ class CommFormer(nn.Module):
         dec_label0[:, 0] = True
         self.register_buffer("dec_label0", dec_label0, persistent=False)
         self.register_buffer("tokens", torch.eye(a + 1), persistent=False)
+        self.register_buffer("start_token", torch.arange(a + 1) == a, persistent=False)  # [A+1]: edge label 0
+        # the affine part of the observation LayerNorm lives in the linear after it (embed)
+        self.register_buffer("obs_unit", torch.ones(o), persistent=False)
+        self.register_buffer("obs_zero", torch.zeros(o), persistent=False)
+        self._obs_memo: tuple[tuple, Tensor, Tensor] | None = None  # normalized_obs: (key, input, result)
 
     # ---- encoder -------------------------------------------------------------------------------------------------
     def embed(self, obs: Tensor) -> Tensor:
-        """obs [B,N,O] -> h [B,N,H], the pre-attention embedding (the gate reads it)."""
-        return self.obs_embed(obs)
+        """obs [B,N,O] -> h [B,N,H], the pre-attention embedding (the gate reads it): LayerNorm -> Linear -> GELU ->
+        LayerNorm. The first LayerNorm's affine part is folded into the linear after it, W (gamma * x + beta) + b =
+        (W gamma) x + (W beta + b): the normalised observation needs no gradient, so a backward pass skips the
+        [R,H] x [H,O] product at the O-wide input."""
+        ln, lin = self.obs_embed[0], self.obs_embed[1]
+        x = linear(self.normalized_obs(obs), lin.weight * ln.weight, torch.addmv(lin.bias, lin.weight, ln.bias))
+        return self.obs_embed[3](self.obs_embed[2](x))
+
+    def normalized_obs(self, obs: Tensor) -> Tensor:
+        """obs [...,O] normalised over O (the embedding LayerNorm before its affine part; no parameters, no
+        gradient). The result for the last input is kept while that input is unchanged (same storage, offset, shape,
+        strides and version counter; the kept reference stops its memory being reused), so the epochs of an update
+        normalise the rollout's observations once."""
+        memo = (obs.numel() >= OBS_MEMO_MIN and not obs.requires_grad and not obs.is_inference()
+                and not torch.is_inference_mode_enabled())
+        key = (obs.data_ptr(), obs.storage_offset(), obs.shape, obs.stride(), obs._version) if memo else None
+        if memo and self._obs_memo is not None and self._obs_memo[0] == key:
+            return self._obs_memo[2]
+        ln = self.obs_embed[0]
+        x = F.layer_norm(obs, ln.normalized_shape, self.obs_unit, self.obs_zero, ln.eps)  # (faster than no affine)
+        if memo:
+            self._obs_memo = (key, obs, x)
+        return x
 
     def gate_prob(self, h: Tensor) -> Tensor | None:
         """p [B,N] of receiving this step, or None without a gate."""
@@ -96,7 +126,7 @@ class CommFormer(nn.Module):
         """h [B,N,H], M [B,N,N] f32, gate [B,N] f32 or None -> (enc [B,N,H], value [B,N])."""
         for layer in self.encoder:
             h = layer(h, mask, self.enc_label0, gate)
-        return h, self.value_head(h).squeeze(-1)
+        return h, gelu_mlp_forward(self.value_head, h).squeeze(-1)
 
     # ---- decoder -------------------------------------------------------------------------------------------------
     def stream_table(self) -> Tensor:
@@ -126,17 +156,46 @@ class CommFormer(nn.Module):
     def head(self, y: Tensor, enc: Tensor, rows: slice) -> Tensor:
         """The block's tail and the per-agent heads: y attention output [B,R,H], enc [B,R,H] -> logits [B,R,A]."""
         y = self.dec_ln2(enc + y)
-        out = self.dec_ln3(y + self.dec_mlp(y))
-        return torch.einsum("brh,rha->bra", out, self.head_w[rows]) + self.head_b[rows]
+        out = self.dec_ln3(y + gelu_mlp_forward(self.dec_mlp, y))
+        w, b = self.head_w[rows], self.head_b[rows]
+        r = w.shape[0]
+        if 1 < r <= BLOCK_HEADS_MAX:  # one product with the block-diagonal [R*H, R*A] (no batch transposes)
+            n_b, hid, a = out.shape[0], w.shape[1], w.shape[2]
+            return linear(out.reshape(n_b, r * hid), torch.block_diag(*w.transpose(1, 2).unbind(0)),
+                          b.reshape(-1)).view(n_b, r, a)
+        return torch.einsum("brh,rha->bra", out, w) + b
 
     def decode(self, enc: Tensor, tokens: Tensor, table: Tensor, dmask: Tensor, gate: Tensor | None) -> Tensor:
         """Teacher-forced action logits (unmasked) of all agents.
 
         enc [B,N,H] | tokens [B,N] long: stream_tokens() | table [A+1,H]: stream_table() | dmask D [B,N,N] f32 |
-        gate [B,N] or None -> [B,N,A]. Keys and values are projected per table row, then gathered."""
+        gate [B,N] or None -> [B,N,A]. Positions holding the same token share its key and value (the edge label is
+        0 exactly at the start token), so each agent scores the T = A+1 table tokens once (one [R,H] x [H,hT]
+        product with the query projection folded in), the positions take their token's score, and after the masked
+        softmax the weights are summed per token before mixing the token values, which are already through the
+        output projection (one [R,hT] x [hT,H] product): the same function as attending over keys and values
+        gathered per position, with the same gradients."""
         ca = self.cross_attn
-        k_tab, v_tab = ca.project_kv(table)
-        y = ca.attend(ca.split(ca.q(enc)), k_tab[tokens], v_tab[tokens], dmask, self.dec_label0)
+        b, n = tokens.shape
+        heads, dh, hid = ca.heads, ca.dh, ca.q.out_features
+        n_tok = table.shape[0]
+        k_tab, v_tab = ca.project_kv(table)  # [T,h,dh]
+        rq, rk = ca.relations()  # [L,h,dh]
+        label0 = self.start_token[:, None, None]
+        keys = torch.where(label0, k_tab + rk[0], k_tab + rk[1])  # [T,h,dh]: k + rk of the token's label
+        rel_q = torch.where(label0, rq[0], rq[1])
+        # scores of every token: s (W_q enc + b_q + rq) . key = enc . (s key W_q) + s (b_q + rq) . key, one product
+        wq, bq = ca.q.weight.view(heads, dh, hid), ca.q.bias.view(heads, dh)
+        w_tok = torch.einsum("thd,hdc->htc", keys, wq).reshape(heads * n_tok, hid) * ca.scale
+        b_tok = ((bq + rel_q) * keys).sum(-1).T.reshape(-1) * ca.scale  # [h*T]
+        s_tok = linear(enc, w_tok, b_tok).view(b, n, heads, n_tok).transpose(1, 2)  # [B,h,N,T]
+        idx = tokens[:, None, None, :].expand(b, heads, n, n)  # [B,h,N(agent),N(position)]
+        w = ca.drop(masked_weights(s_tok.gather(-1, idx), dmask))  # [B,h,N,N]
+        w_tok_sum = torch.zeros_like(s_tok).scatter_add(-1, idx, w)  # [B,h,N,T]
+        # the token values through the output projection: out(sum_t w_t v_t) = sum_t w_t W_out v_t + b_out
+        token_out = torch.einsum("ohd,thd->hto", ca.out.weight.view(hid, heads, dh), v_tab)  # [h,T,H]
+        y = linear(w_tok_sum.transpose(1, 2).reshape(b, n, heads * n_tok), token_out.reshape(heads * n_tok, hid).T,
+                   ca.out.bias)
         closed = ca.out(v_tab[self.shape.n_actions].flatten())
         if gate is not None:
             g = gate[..., None]

@@ -83,6 +83,11 @@ class Collector:
         if draws is not None:
             buf.graph.copy_(draws.hard)
             buf.noise.copy_(draws.noise)
+        # V(final_obs) of truncated envs: computed in one pass after the loop unless computing it draws from the
+        # generator (a sampled gate), which must then happen in step order
+        deferred = draws is not None
+        finals: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []  # (t, env index, final obs, alive, graph)
+        same_device = self.env.device == self.device
         for t in range(self.T):
             out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g, plan=plan, t=t)
             buf.obs[t] = cur.obs
@@ -97,20 +102,36 @@ class Collector:
                 buf.noise[t] = out.noise
             if buf.gate is not None:
                 buf.gate[t] = out.gate
-            nxt = self.env.step(out.actions.to(self.env.device)).to(self.device)
+            nxt = self.env.step(out.actions if same_device else out.actions.to(self.env.device))
+            if not same_device:
+                nxt = nxt.to(self.device)
             buf.rewards[t] = nxt.reward
             buf.terminated[t] = nxt.terminated
             buf.truncated[t] = nxt.truncated
             if bool(nxt.truncated.any()):
-                v = agent.value(nxt.final_obs, nxt.final_alive, out.graph, gate_how, g, plan)
-                buf.final_values[t] = torch.where(nxt.truncated[:, None], denormalize(v), 0.0)
+                if deferred:
+                    idx = nxt.truncated.nonzero()[:, 0]
+                    finals.append((t, idx, nxt.final_obs[idx], nxt.final_alive[idx], out.graph[idx]))
+                else:
+                    v = agent.value(nxt.final_obs, nxt.final_alive, out.graph, gate_how, g, plan)
+                    buf.final_values[t] = torch.where(nxt.truncated[:, None], denormalize(v), 0.0)
             done = nxt.done
             if bool(done.any()):
                 self.finished.append({k: v[done] for k, v in nxt.episode.items()})
             cur = nxt
         self.current = cur
         last_hard, _ = agent.pick_graph(cur.obs.shape[0], graph_how, g)
-        buf.last_values = denormalize(agent.value(cur.obs, cur.alive, last_hard, gate_how, g, plan))
+        if not finals:
+            buf.last_values = denormalize(agent.value(cur.obs, cur.alive, last_hard, gate_how, g, plan))
+            return buf
+        # one pass over every truncated env's final observation and the last observation
+        ts = torch.cat([torch.full_like(f[1], f[0]) for f in finals])
+        idx = torch.cat([f[1] for f in finals])
+        v = denormalize(agent.value(torch.cat([f[2] for f in finals] + [cur.obs]),
+                                    torch.cat([f[3] for f in finals] + [cur.alive]),
+                                    torch.cat([f[4] for f in finals] + [last_hard]), gate_how, g, plan))
+        buf.final_values[ts, idx] = v[: idx.shape[0]]
+        buf.last_values = v[idx.shape[0]:]
         return buf
 
     def pop_finished(self) -> dict[str, Tensor]:

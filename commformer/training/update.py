@@ -8,6 +8,8 @@ acting and training agree).
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -39,6 +41,20 @@ def minibatches(batch: dict[str, Tensor | None], n: int) -> list[dict[str, Tenso
         raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch")
     return [{k: None if v is None else v[idx] for k, v in batch.items()}
             for idx in torch.randperm(rows, device=batch["obs"].device).chunk(n)]
+
+
+@contextmanager
+def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Within: the parameters do not require grad, so a backward pass computes no gradient for them (an upper-level
+    step needs alpha's gradient only; the network's weight gradients are most of a backward pass's work)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def minibatch_loss(agent: Agent, mb: dict[str, Tensor | None], vnorm: ValueNorm | None, algo: AlgoConfig,
@@ -99,9 +115,10 @@ def ppo_update(agent: Agent, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | No
                  "old_log_prob": flat(old_log_prob, cols)}
         batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
         for mb in minibatches(batch, algo.minibatches):
-            loss, mstats, ratio_max = minibatch_loss(agent, mb, vnorm, algo, upper, gate_on,
-                                                     update_vnorm=not (upper and upper_cols is not None))
-            norm = opt.step(loss, upper, algo.max_grad_norm)
+            with frozen(opt.network_params if upper else ()):
+                loss, mstats, ratio_max = minibatch_loss(agent, mb, vnorm, algo, upper, gate_on,
+                                                         update_vnorm=not (upper and upper_cols is not None))
+                norm = opt.step(loss, upper, algo.max_grad_norm)
             if first_ratio is None:
                 first_ratio = ratio_max
             mstats[f"loss/grad_norm_{'graph' if upper else 'network'}"] = norm
