@@ -326,7 +326,13 @@ class _GridPursuit(FamilyInfo):
         self._done = done & ~finished[:, None]
         self._t = torch.where(finished, 0, t)
         self._return = torch.where(finished, 0.0, ret)
-        obs = self._observe(self._cells)
+        # No env finished (most steps): the cells did not change, so the observation is final_obs itself (the spawn
+        # above is still drawn, keeping the generator's stream). On CPU the check is a cheap host read; elsewhere it
+        # would be a device sync, so the observation is recomputed there.
+        if self.device.type == "cpu" and not bool(finished.any()):
+            obs = final_obs
+        else:
+            obs = self._observe(self._cells)
         return self._make_step(obs, reward, terminated, truncated, final_obs, episode)
 
     def _check_range(self, actions: Tensor) -> None:
