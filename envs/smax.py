@@ -7,7 +7,8 @@ allies controlled by the learner fight a heuristic enemy. Its numbers (win rates
 SMAC on StarCraft II: unit stats, physics, map and enemy AI differ. Say so wherever SMAX results are shown.
 
 How this adapter uses it (jaxmarl 0.2.0, REFERENCE.md 6):
-- ``jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(name))``; B copies under ``jax.vmap``.
+- ``HeuristicEnemySMAX(scenario=map_name_to_scenario(name))`` (what ``jaxmarl.make("HeuristicEnemySMAX", ...)``
+  builds; only jaxmarl's SMAX modules are imported, see envs.smax_jax._LazyPackage); B copies under ``jax.vmap``.
 - The env's ``step_env`` (no auto-reset), then finished envs are reset here, inside the same jitted call, with
   ``jnp.where`` over the batch, so the last observation of a finished episode survives as ``final_obs``.
   One jitted call per step does step + auto-reset + observations + available actions + world state; the PRNG key

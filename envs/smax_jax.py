@@ -9,6 +9,7 @@ import inspect
 import io
 import logging
 import sys
+import types
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -39,32 +40,74 @@ def _quiet_backend_probe():
         probe_log.setLevel(level)
 
 
-def import_jaxmarl() -> tuple[Any, Any]:
-    """Import jax and jaxmarl (ImportError naming the extra when absent).
+class _LazyPackage(types.ModuleType):
+    """A package whose __init__ runs only when one of its own attributes is first read (PEP 562 __getattr__).
 
-    jaxmarl's package import prints two lines and resets sys.stdout / sys.stderr to the interpreter's originals
-    (its optional brax import); the lines go to the debug log and the caller's streams are put back.
+    jaxmarl's package __init__ imports every jaxmarl environment (storm, coin_game, jaxnav, ...: 2.5 s of CPU, 90% of
+    the import) although SMAX needs none of them. With `jaxmarl` and `jaxmarl.environments` registered as lazy
+    packages, `import jaxmarl.environments.smax` loads just the SMAX modules; anyone who later reads an attribute of
+    either package (`jaxmarl.make`, `jaxmarl.environments.SMAX`) gets the complete package, its __init__ run then.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        probe = name.startswith("__") and name not in ("__all__", "__version__")  # e.g. inspect's __wrapped__
+        if probe or self.__dict__.get("_lazy_loaded"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        self.__dict__["_lazy_loaded"] = True
+        self.__spec__.loader.exec_module(self)  # the package's own __init__, in this module's namespace
+        return getattr(self, name)
+
+
+def _lazy_package(name: str) -> None:
+    """Register package `name` (its parent already imported) as a _LazyPackage; nothing of its __init__ runs."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError(f"no package {name}")
+    module = _LazyPackage(name)
+    module.__spec__, module.__loader__ = spec, spec.loader
+    module.__path__, module.__file__ = list(spec.submodule_search_locations), spec.origin
+    module.__package__ = name
+    sys.modules[name] = module
+    if "." in name:
+        parent, _, child = name.rpartition(".")
+        sys.modules[parent].__dict__[child] = module
+
+
+def import_jaxmarl() -> tuple[Any, Any]:
+    """Import jax and jaxmarl's SMAX modules (ImportError naming the extra when absent); returns (jax, jaxmarl).
+
+    Only jaxmarl.environments.smax and what it imports are loaded (see _LazyPackage); the rest of jaxmarl loads when
+    first used. jaxmarl's package import prints two lines and resets sys.stdout / sys.stderr to the interpreter's
+    originals (its optional brax import): where that happens here, the lines go to the debug log and the caller's
+    streams are put back (a later full load by other code prints them itself).
     """
     try:
         import jax
     except ImportError as err:
         raise ImportError(MISSING_EXTRA) from err
-    if "jaxmarl" in sys.modules:
+    if "jaxmarl.environments.smax" in sys.modules:
         return jax, sys.modules["jaxmarl"]
     saved = sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__
     sink = io.StringIO()
     try:
         sys.stdout = sys.__stdout__ = sink
+        if "jaxmarl" not in sys.modules:
+            _lazy_package("jaxmarl")
+            _lazy_package("jaxmarl.environments")
         with _quiet_backend_probe():  # jaxmarl builds jax arrays at import: the backends start here
-            import jaxmarl
-        import jaxmarl.environments.smax  # noqa: F401  (registers the scenarios)
+            import jaxmarl.environments.smax  # noqa: F401  (registers the scenarios)
     except ImportError as err:
+        for name in ("jaxmarl.environments", "jaxmarl"):
+            if isinstance(sys.modules.get(name), _LazyPackage) and not sys.modules[name].__dict__.get("_lazy_loaded"):
+                del sys.modules[name]
         raise ImportError(MISSING_EXTRA) from err
     finally:
         sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
     if sink.getvalue():
         log.debug("jaxmarl import said: %s", sink.getvalue().strip())
-    return jax, jaxmarl
+    return jax, sys.modules["jaxmarl"]
 
 
 def default_episode_limit() -> int:
@@ -94,12 +137,13 @@ def build_batched(scenario: str, episode_limit: int, attack_mode: str, enemy_sho
     states: the batched jaxmarl state; episode_return / episode_length: running sums of the unfinished episodes;
     floats / bools: the fields RESET_* or STEP_* flattened and concatenated (shapes in field_shapes).
     """
-    jax, jaxmarl = import_jaxmarl()
+    jax, _ = import_jaxmarl()
     import jax.numpy as jnp
-    from jaxmarl.environments.smax import map_name_to_scenario
+    from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
-    env = jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(scenario), max_steps=episode_limit,
-                       enemy_shoots=enemy_shoots, attack_mode=attack_mode)
+    # what jaxmarl.make("HeuristicEnemySMAX", **kwargs) builds, without loading jaxmarl's other environments
+    env = HeuristicEnemySMAX(scenario=map_name_to_scenario(scenario), max_steps=episode_limit,
+                             enemy_shoots=enemy_shoots, attack_mode=attack_mode)
     agents, n_allies, max_steps = list(env.agents), env.num_allies, env.max_steps
     noop = jnp.arange(env.num_ally_actions) == NOOP_ACTION  # [A]
 

@@ -321,6 +321,26 @@ def test_module_import_does_not_import_jax():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_ENV.parent.parent)
 
 
+def test_import_loads_only_the_smax_modules_until_more_is_used():
+    """import_jaxmarl() leaves jaxmarl's other environments unloaded (their import is most of jaxmarl's cost); the
+    first read of a package attribute then loads the whole package, which works as usual."""
+    code = "\n".join([
+        "import sys, envs.smax_jax as j",
+        "j.import_jaxmarl()",
+        "loaded = sorted(m for m in sys.modules if m.startswith('jaxmarl.environments.') and m.count('.') == 2)",
+        "assert loaded == ['jaxmarl.environments.multi_agent_env', 'jaxmarl.environments.smax',",
+        "                  'jaxmarl.environments.spaces'], loaded",
+        "import jaxmarl",
+        "env = jaxmarl.make('HeuristicEnemySMAX')",
+        "assert type(env) is sys.modules['jaxmarl.environments.smax'].HeuristicEnemySMAX",
+        "assert 'jaxmarl.environments.storm' in sys.modules and 'SMAX' in jaxmarl.registered_envs",
+        "import jaxmarl.environments as E",
+        "assert E.SMAX is sys.modules['jaxmarl.environments.smax'].SMAX",
+        "assert not hasattr(jaxmarl, 'no_such_name')",
+    ])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_ENV.parent.parent, capture_output=True)
+
+
 def test_compilation_cache_folder(monkeypatch, tmp_path):
     """A folder the user chose (jax config or JAX_COMPILATION_CACHE_DIR) wins; else ~/.cache/commformer/jax."""
     def fake_jax(path):
