@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from commformer.config import AlgoConfig, split_sizes
 from commformer.method.policy import Agent, GateChoice, GraphChoice
+from commformer.training.adam import Adam
 
 
 class Phase(str, Enum):
@@ -76,8 +77,8 @@ class NonFiniteError(RuntimeError):
 
 @dataclass
 class Optimisers:
-    network: torch.optim.Optimizer
-    graph: torch.optim.Optimizer | None
+    network: Adam
+    graph: Adam | None
     network_params: list[nn.Parameter]
     graph_params: list[nn.Parameter]
 
@@ -91,9 +92,9 @@ class Optimisers:
         groups = [{"params": net, "lr": algo.lr}]
         if gate_params:
             groups.append({"params": gate_params, "lr": algo.gate_lr})
-        network = torch.optim.Adam(groups, lr=algo.lr, eps=algo.adam_eps)
+        network = Adam(groups, lr=algo.lr, eps=algo.adam_eps)
         graph_params = list(agent.graph.parameters())
-        graph = torch.optim.Adam(graph_params, lr=algo.graph_lr, eps=algo.adam_eps) if graph_params else None
+        graph = Adam(graph_params, lr=algo.graph_lr, eps=algo.adam_eps) if graph_params else None
         return Optimisers(network, graph, net + gate_params, graph_params)
 
     def step(self, loss: Tensor, upper: bool, max_grad_norm: float) -> float:
