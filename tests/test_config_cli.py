@@ -167,8 +167,8 @@ def test_cli_help(tmp_path):
 
 
 def test_per_env_settings_apply_and_the_command_line_wins():
-    """conf/env_settings/<env>.yaml is chosen with its env (smax_3m: 64 envs x 100 steps, lr decay, 4 minibatches);
-    other envs keep the global defaults; a command-line value wins over the per-env one."""
+    """conf/env_settings/<env>.yaml is chosen with its env (smax_3m: 64 envs x 100 steps, lr decay, 4 minibatches;
+    pp: lr and entropy decay); other envs keep the global defaults; a command-line value wins over the per-env one."""
     from commformer.compose import compose_job
 
     cfg = compose_job(["env=smax_3m"], CONF)
@@ -177,4 +177,7 @@ def test_per_env_settings_apply_and_the_command_line_wins():
     mine = compose_job(["env=smax_3m", "num_envs=8", "algo.lr_decay=false"], CONF)
     assert mine.num_envs == 8 and not mine.algo.lr_decay and mine.rollout_length == 100
     pp = compose_job(["env=pp"], CONF)
-    assert (pp.num_envs, pp.rollout_length, pp.algo.minibatches, pp.algo.lr_decay) == (32, 40, 1, False)
+    assert (pp.num_envs, pp.rollout_length, pp.algo.minibatches, pp.algo.lr_decay) == (32, 40, 1, True)
+    assert pp.algo.entropy_coef_final == 0.0
+    pcp = compose_job(["env=pcp"], CONF)
+    assert (pcp.num_envs, pcp.rollout_length, pcp.algo.lr_decay, pcp.algo.entropy_coef_final) == (32, 40, False, None)
