@@ -129,6 +129,9 @@ class AlgoConfig:
     """Huber delta of the value loss"""
     value_norm: bool = True
     """running value normaliser of the value targets"""
+    obs_norm: bool = False
+    """running per-feature observation normalisation (mean / variance of the observations seen so far, kept in the
+    model's weights and so in checkpoints), applied before the embedding"""
     value_clip: bool = True
     """clip the value prediction around the rollout's (same epsilon as the policy) and take the worse loss"""
     lr_decay: bool = False

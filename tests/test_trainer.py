@@ -216,3 +216,46 @@ def test_eval_sampled_adds_columns_with_sampled_actions(tmp_path, monkeypatch):
     assert True in flags and flags[-1] is False  # the argmax evaluation, then the sampled one
     header, rows = read_csv(tmp_path / "metrics.csv")
     assert "eval_sampled/success" in header and rows[-1]["eval_sampled/success"] != ""
+
+
+def test_running_obs_norm_merges_batches_exactly():
+    """RunningObsNorm.update over batches gives the mean and (population) variance of all rows seen; forward
+    standardises with them and clips at +-10."""
+    from commformer.method.model import RunningObsNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = RunningObsNorm(4)
+    assert torch.equal(norm(torch.tensor([[0.5, -2.0, 3.0, 20.0]])), torch.tensor([[0.5, -2.0, 3.0, 10.0]]))
+    parts = [torch.randn(n, 4, generator=g) * torch.tensor([1.0, 5.0, 0.1, 2.0]) + 3.0 for n in (7, 1, 30, 0, 12)]
+    for x in parts:
+        norm.update(x)
+    every = torch.cat(parts).double()
+    assert norm.count.item() == 50
+    assert torch.allclose(norm.mean.double(), every.mean(0), atol=1e-6)
+    assert torch.allclose(norm.var.double(), every.var(0, unbiased=False), rtol=1e-5)
+    z = norm(every.float())
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-5) and torch.allclose(z.std(0, unbiased=False),
+                                                                                 torch.ones(4), atol=1e-4)
+
+
+def test_obs_norm_statistics_follow_the_rollouts_and_travel_with_the_checkpoint(tmp_path):
+    """algo.obs_norm=true: after each iteration the statistics hold every alive agent-step observed so far; acting
+    and the update of one iteration see the same statistics (log-prob gap at rounding level); the statistics are
+    part of the model's weights, so the checkpoint restores them. Off (the default), the model has no such
+    weights (older checkpoints load unchanged)."""
+    from commformer.training.checkpoint import load_checkpoint
+
+    cfg = make_config(tmp_path, env=TINY_PP, iterations=3, algo={"obs_norm": True})
+    tr = Trainer(cfg, tmp_path)
+    rows = [tr.iterate() for _ in range(3)]
+    norm = tr.agent.model.obs_norm
+    steps = cfg.num_envs * cfg.rollout_length * tr.env.spec.n_agents
+    assert norm.count.item() == 3 * steps  # Predator-Prey: every agent alive at every step
+    assert float(norm.var.max()) != 1.0 and float(norm.mean.abs().max()) > 0
+    assert all(row["loss/acting_log_prob_gap"] < 1e-4 for row in rows)
+    tr.save()
+    state = load_checkpoint(tmp_path)["model"]
+    assert torch.equal(state["obs_norm.mean"], norm.mean) and state["obs_norm.count"].item() == 3 * steps
+    off = Trainer(make_config(tmp_path / "off", env=TINY_PP, iterations=1), tmp_path / "off")
+    assert off.agent.model.obs_norm is None
+    assert not any(k.startswith("obs_norm") for k in off.agent.model.state_dict())

@@ -23,7 +23,7 @@ Shapes: B envs, N agents, O obs width, A actions, T = A+1 stream tokens, H hidde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +163,7 @@ class ActingWeights:
     head_b: tuple[Tensor, ...]
     start: Tensor
     self_loop: Tensor
+    obs_norm: Optional[nn.Module] = None  # the model's RunningObsNorm (read live: its statistics are not folded in)
 
     @staticmethod
     @torch.no_grad()
@@ -195,10 +196,12 @@ class ActingWeights:
             value_b=v[2].bias, token_out=token_out.reshape(heads * n_tok, hid), out_bias=ca.out.bias,
             start_out=token_out[:, a_start].sum(0), dec_ln2=Norm.of(model.dec_ln2, shift), dec_mlp=dec_mlp,
             dec_ln3=Norm.of(model.dec_ln3), head_w=model.head_w.unbind(0), head_b=model.head_b.unbind(0), start=start,
-            self_loop=model.enc_label0)
+            self_loop=model.enc_label0, obs_norm=model.obs_norm)
 
     def embed(self, obs: Tensor) -> Tensor:
         """obs [B,N,O] -> h [B,N,H] (CommFormer.embed)."""
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.embed_ln1(F.gelu(F.linear(self.embed_ln0(obs), self.embed_w, self.embed_b)))
 
     def encode(self, h: Tensor, hard: Tensor, alive: Tensor, gate: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -37,12 +37,13 @@ class ModelShape:
     dropout: float
     gate: bool
     gate_init_p: float
+    obs_norm: bool = False
 
     @staticmethod
     def of(n_agents: int, obs_dim: int, n_actions: int, algo: AlgoConfig) -> "ModelShape":
         """The shape of an env (N agents, O obs width, A actions) under an algo config."""
         return ModelShape(n_agents, obs_dim, n_actions, algo.hidden, algo.heads, algo.layers, algo.dropout, algo.gate,
-                          algo.gate_init_p)
+                          algo.gate_init_p, algo.obs_norm)
 
 
 def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:
@@ -63,11 +64,45 @@ def sample_categorical(logits: Tensor, generator: torch.Generator | None, neg_no
     return (logits - neg_noise).argmax(-1)
 
 
+class RunningObsNorm(nn.Module):
+    """Per-feature running mean and variance of observations; forward: (x - mean) / sqrt(var + eps), clipped to
+    [-clip, clip]. The statistics are buffers (saved with the model's weights); update() merges a batch into them
+    (Chan et al.'s parallel formula, in float64). Before any update: mean 0, var 1, so forward is the identity up to
+    the clip."""
+
+    def __init__(self, dim: int, eps: float = 1e-8, clip: float = 10.0) -> None:
+        super().__init__()
+        self.eps, self.clip = eps, clip
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [...,O] -> [...,O] normalised."""
+        return ((x - self.mean) * torch.rsqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge x [M,O] (M observations) into the statistics; M = 0 changes nothing."""
+        if x.shape[0] == 0:
+            return
+        x = x.double()
+        n, mean, var = float(x.shape[0]), x.mean(0), x.var(0, unbiased=False)
+        total = self.count.item() + n
+        delta = mean - self.mean.double()
+        new_mean = self.mean.double() + delta * (n / total)
+        m2 = self.var.double() * self.count.item() + var * n + delta.square() * (self.count.item() * n / total)
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / total)
+        self.count.fill_(total)
+
+
 class CommFormer(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.shape = shape
         n, o, a, h = shape.n_agents, shape.obs_dim, shape.n_actions, shape.hidden
+        self.obs_norm = RunningObsNorm(o) if shape.obs_norm else None
         self.obs_embed = nn.Sequential(nn.LayerNorm(o), nn.Linear(o, h), nn.GELU(), nn.LayerNorm(h))
         self.encoder = nn.ModuleList(EncoderLayer(h, shape.heads, shape.dropout) for _ in range(shape.layers))
         self.value_head = gelu_mlp(h, h, 1)
@@ -99,6 +134,8 @@ class CommFormer(nn.Module):
         (W gamma) x + (W beta + b): the normalised observation needs no gradient, so a backward pass skips the
         [R,H] x [H,O] product at the O-wide input."""
         ln, lin = self.obs_embed[0], self.obs_embed[1]
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         x = linear(self.normalized_obs(obs), lin.weight * ln.weight, torch.addmv(lin.bias, lin.weight, ln.bias))
         return self.obs_embed[3](self.obs_embed[2](x))
 

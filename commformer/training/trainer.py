@@ -279,6 +279,9 @@ class Trainer:
         if bad is not None:
             raise TrainingStopped(f"iteration {self.iteration + 1}: parameter {bad} is not finite after the update; "
                                   f"training stopped ({self.kept_text()}; lower algo.lr / algo.graph_lr)")
+        obs_norm = self.agent.model.obs_norm
+        if obs_norm is not None:  # after the update: the next rollout and its update see the same statistics
+            obs_norm.update(ro.obs[ro.alive])
         t2 = time.perf_counter()
         self.iteration += 1
         self.env_steps += cfg.batch_env_steps
