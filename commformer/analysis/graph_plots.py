@@ -70,7 +70,9 @@ def plot_alpha_heatmaps(records: Sequence[Mapping[str, Any]], out: str | Path,
     cols = min(len(picked), 4)
     rows = math.ceil(len(picked) / cols)
     size = 1.1 + 0.32 * n
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.6), squeeze=False)
+    # 0.45 inch more per row: each panel's two-line title clears the sender label of the panel above it
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, (size + 0.45) * rows + 0.6), squeeze=False)
+    fig.subplots_adjust(hspace=0.55)
     finite = np.concatenate([m[np.isfinite(m)] for m, _ in mats])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if hi - lo < 1e-6:
@@ -95,7 +97,8 @@ def plot_alpha_heatmaps(records: Sequence[Mapping[str, Any]], out: str | Path,
         ax.set_xticks(list(ticks))
         ax.set_yticks(list(ticks))
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("sender j", fontsize=7)
+        if p + cols >= len(picked):  # the last panel of its column
+            ax.set_xlabel("sender j", fontsize=7)
         if p % cols == 0:
             ax.set_ylabel("receiver i", fontsize=7)
     for ax in list(axes.flat)[len(picked):]:
