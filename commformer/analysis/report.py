@@ -81,7 +81,8 @@ def _fill_out_dir(args: argparse.Namespace) -> None:
             setattr(args, option, str(Path(args.out_dir) / name))
 
 
-def _read(roots: Sequence[str]) -> list:
+def read_runs(roots: Sequence[str]) -> list:
+    """The readable run folders under `roots` (UsageError when there are none)."""
     dirs = find_run_dirs(roots)
     if not dirs:
         raise UsageError(f"no run folders (a folder with metrics.csv and config.yaml) under {', '.join(roots)}")
@@ -119,7 +120,7 @@ def _report(args: argparse.Namespace) -> list[dict[str, Any]]:
             from commformer.analysis.plots import require_matplotlib
 
             require_matplotlib("--" + option.replace("_", "-"))  # before any work
-    runs = _read(args.roots)
+    runs = read_runs(args.roots)
     groups = group_runs(runs, args.merge)
     skipped: list[str] = []
     pairs = [(g, row) for g in groups if (row := summarise_group(g, args.metric, args.n_boot, skipped)) is not None]

@@ -1,0 +1,200 @@
+"""CommFormer's claims (C1-C4, README "The claims, measured") decided from the studies' run folders, in one command:
+`python scripts/claims.py [--studies runs/studies] [--out docs/results/claims.md]`.
+
+Each study's latest sweep folder (runs/studies/<study>/<date>_<time>) is read with the report protocol
+(commformer.analysis.protocol: groups by every differing key, one run per seed, each run's final evaluation, IQM
+over runs with a 95% bootstrap interval, P(X > Y) with its interval). The verdict rule, the same for every claim:
+a claim holds when its quantity's 95% interval lies on the right side of its threshold, does not hold when the
+interval lies on the wrong side, and is undecided when the interval straddles the threshold.
+
+- communication-critical task: P(full > nocomm) >= 0.9
+- C1: IQM(commformer) >= 0.95 x IQM(full)                 (the interval: commformer's IQM interval)
+- C2: P(commformer > random) >= 0.75 and P(random > nocomm) >= 0.75  (each by its own interval; both must hold)
+- C3: commformer_gated sends <= 50% of commformer's messages per step (IQMs) and IQM(gated) >= 0.95 x IQM(commformer)
+- C4: IQM(split) >= 0.95 x IQM(alternate)                 (the interval: split's IQM interval)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from commformer.analysis.protocol import compare, group_runs, summarise_group
+from commformer.analysis.report import read_runs
+from commformer.errors import UsageError, guarded, script_logging
+
+# the studies of conf/study/ that the claims read, with what each measures
+C1C3 = ("c1c3_pcp", "c1c3_pp_easy")
+C4 = "c4_split_pcp"
+SPARSITY = "sparsity_pcp_medium"
+GATE = "gate_cost_pcp"
+CRITICAL_P, C1_RATIO, C2_P, C3_MESSAGES, C3_RATIO, C4_RATIO = 0.9, 0.95, 0.75, 0.5, 0.95, 0.95
+
+
+def verdict(lo: float, hi: float, threshold: float) -> str:
+    """'holds' when the interval [lo, hi] is at or above threshold, 'does not hold' when below, else 'undecided'."""
+    if lo >= threshold:
+        return "holds"
+    if hi < threshold:
+        return "does not hold"
+    return "undecided"
+
+
+def both(*verdicts: str) -> str:
+    """All hold -> holds; any does not hold -> does not hold; else undecided."""
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "undecided"
+
+
+def latest_sweep(studies: Path, name: str) -> Path | None:
+    """runs/studies/<name>/<latest date_time>, or None when the study has not run."""
+    folder = studies / name
+    sweeps = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return sweeps[-1] if sweeps else None
+
+
+def study_rows(sweep: Path) -> list[dict[str, Any]]:
+    """The report rows (one per group) of one sweep folder."""
+    return [row for g in group_runs(read_runs([str(sweep)])) if (row := summarise_group(g, None)) is not None]
+
+
+def find(rows: Sequence[Mapping[str, Any]], algo: str, **keys: Any) -> Mapping[str, Any] | None:
+    """The row of algo preset `algo` whose label keys include `keys` (None if absent)."""
+    for r in rows:
+        if r["algo"] == algo and all(str(r["keys"].get(k)) == str(v) for k, v in keys.items()):
+            return r
+    return None
+
+
+def revisions(sweep: Path) -> list[str]:
+    """The short commits the sweep's runs ran on (their git_revision.txt)."""
+    return sorted({p.read_text().strip()[:7] for p in sweep.rglob("git_revision.txt")})
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def _row_line(label: str, r: Mapping[str, Any]) -> str:
+    return (f"| {label} | {r['seeds']} | {_num(r['iqm'])} | {_ci(r['iqm_ci'])} | {_num(r['messages'])} | "
+            f"{r['env_steps']} |")
+
+
+TABLE_HEAD = ("| group | seeds | IQM | 95% CI | msgs/step (IQM) | env steps |\n"
+              "|---|---|---|---|---|---|")
+
+
+def _p_line(c: Mapping[str, Any]) -> str:
+    return f"P({c['x']} > {c['y']}) = {c['p']:.2f} {_ci(c['ci'])}"
+
+
+def c1c3_section(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown of one C1-C3 study: the table, the critical check and the verdicts of C1, C2, C3."""
+    out = [f"### {name}: C1-C3 on `{rows[0]['env']}` ({rows[0]['metric']})", "", TABLE_HEAD]
+    out += [_row_line(r["label"], r) for r in rows]
+    get = {a: find(rows, a) for a in ("nocomm", "random", "commformer", "commformer_gated", "full")}
+    missing = [a for a, r in get.items() if r is None]
+    if missing:
+        return out + ["", f"Missing presets: {', '.join(missing)}; no verdicts."]
+    full, nocomm, rnd, cf, gated = (get[a] for a in ("full", "nocomm", "random", "commformer", "commformer_gated"))
+    crit = compare(full, nocomm)
+    crit_v = verdict(*crit["ci"], CRITICAL_P)
+    c1_t = C1_RATIO * full["iqm"]
+    c1 = verdict(*cf["iqm_ci"], c1_t)
+    p_cr, p_rn = compare(cf, rnd), compare(rnd, nocomm)
+    c2 = both(verdict(*p_cr["ci"], C2_P), verdict(*p_rn["ci"], C2_P))
+    fewer = (gated["messages"] is not None and cf["messages"] is not None
+             and gated["messages"] <= C3_MESSAGES * cf["messages"])
+    c3 = both("holds" if fewer else "does not hold", verdict(*gated["iqm_ci"], C3_RATIO * cf["iqm"]))
+    saved = 1.0 - gated["messages"] / cf["messages"] if cf["messages"] else float("nan")
+    out += ["",
+            f"- Communication-critical (P(full > nocomm) >= {CRITICAL_P}): {_p_line(crit)}: "
+            f"{'yes' if crit_v == 'holds' else 'no' if crit_v == 'does not hold' else 'undecided'}.",
+            f"- **C1 {c1}**: IQM(commformer) {cf['iqm']:.3f} {_ci(cf['iqm_ci'])} against "
+            f"{C1_RATIO} x IQM(full) = {c1_t:.3f}.",
+            f"- **C2 {c2}**: {_p_line(p_cr)}; {_p_line(p_rn)} (each must reach {C2_P}).",
+            f"- **C3 {c3}**: commformer_gated sends {_num(gated['messages'])} messages per step against "
+            f"{_num(cf['messages'])} ({saved:.0%} fewer; needs >= {C3_MESSAGES:.0%}), IQM {gated['iqm']:.3f} "
+            f"{_ci(gated['iqm_ci'])} against {C3_RATIO} x {cf['iqm']:.3f} = {C3_RATIO * cf['iqm']:.3f}."]
+    return out
+
+
+def c4_section(rows: list[dict[str, Any]]) -> list[str]:
+    split, alt = find(rows, "commformer", **{"algo.bilevel": "split"}), find(rows, "commformer",
+                                                                           **{"algo.bilevel": "alternate"})
+    out = [f"### {C4}: C4, split vs alternate bi-level on `{rows[0]['env']}` ({rows[0]['metric']})", "", TABLE_HEAD]
+    out += [_row_line(r["label"], r) for r in rows]
+    if split is None or alt is None:
+        return out + ["", "Missing algo.bilevel=split or alternate; no verdict."]
+    t = C4_RATIO * alt["iqm"]
+    return out + ["", f"- **C4 {verdict(*split['iqm_ci'], t)}**: IQM(split) {split['iqm']:.3f} {_ci(split['iqm_ci'])} "
+                      f"against {C4_RATIO} x IQM(alternate) = {t:.3f}; {_p_line(compare(split, alt))}."]
+
+
+def curve_section(name: str, title: str, rows: list[dict[str, Any]], key: str) -> list[str]:
+    """A table of one swept key (algo.sparsity, algo.comm_cost): IQM and messages per step per value."""
+    out = [f"### {name}: {title} on `{rows[0]['env']}` ({rows[0]['metric']})", "",
+           f"| {key} | seeds | IQM | 95% CI | msgs/step (IQM) | env steps |", "|---|---|---|---|---|---|"]
+    ordered = sorted(rows, key=lambda r: float(r["keys"].get(key, "nan")))
+    out += [_row_line(str(r["keys"].get(key)), r) for r in ordered]
+    few = [r for r in rows if r["seeds"] < 5]
+    if few:
+        out += ["", f"Fewer than 5 seeds per cell ({min(r['seeds'] for r in rows)}): the compute plan's exception."]
+    return out
+
+
+def claims_markdown(studies: Path) -> str:
+    """The whole claims page for the studies under `studies` (UsageError when none has run)."""
+    parts: list[list[str]] = []
+    used: list[str] = []
+    for name in C1C3 + (C4, SPARSITY, GATE):
+        sweep = latest_sweep(studies, name)
+        if sweep is None:
+            parts.append([f"### {name}", "", f"Not run: `python scripts/train.py -m +study={name}`."])
+            continue
+        rows = study_rows(sweep)
+        used.append(f"`{name}`: {sweep} (commit {', '.join(revisions(sweep)) or 'unknown'})")
+        if name in C1C3:
+            parts.append(c1c3_section(name, rows))
+        elif name == C4:
+            parts.append(c4_section(rows))
+        elif name == SPARSITY:
+            parts.append(curve_section(name, "IQM against the sparsity S", rows, "algo.sparsity"))
+        else:
+            parts.append(curve_section(name, "IQM against the gate's comm_cost", rows, "algo.comm_cost"))
+    if not used:
+        raise UsageError(f"no study has run under {studies} (expected runs/studies/<study>/<date>_<time>)")
+    head = ["Made by `python scripts/claims.py` from these sweep folders:", ""] + [f"- {u}" for u in used]
+    rule = ["", "Each run's final evaluation; IQM over runs with a 95% percentile bootstrap interval; P(X > Y) over "
+                "(run, run) pairs with its bootstrap interval. A claim holds when its interval lies on the right "
+                "side of its threshold, does not hold when it lies on the wrong side, and is undecided when it "
+                "straddles it."]
+    return "\n".join(head + rule + [""] + ["\n".join(p) + "\n" for p in parts])
+
+
+def claims_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--studies", default="runs/studies", help="the folder holding <study>/<date>_<time> sweeps")
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    return p
+
+
+def claims_main(argv: Sequence[str] | None = None) -> str:
+    args = claims_parser().parse_args(argv)
+    script_logging()
+
+    def run() -> str:
+        text = claims_markdown(Path(args.studies))
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text)
+        return text
+
+    return guarded(run)  # type: ignore[return-value]
