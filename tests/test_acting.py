@@ -60,6 +60,11 @@ def test_fast_acting_equals_the_readable_path(layers, mode, gated, deterministic
     hard, _ = agent.graph.sample(batch, g)
     gate = (torch.rand(batch, N, generator=g) < 0.7).float() if gated else None
     neg_noise = neg_gumbel(torch.rand(N, batch, A, generator=g))
+    assert_fast_equals_readable(agent, obs, avail, alive, hard, gate, neg_noise, deterministic)
+
+
+def assert_fast_equals_readable(agent, obs, avail, alive, hard, gate, neg_noise, deterministic):
+    """The fused acting step gives the readable path's actions exactly, its log-probs and values within TOL."""
     ref = readable_act(agent, obs, avail, alive, hard, gate, neg_noise, deterministic)
     out = fast_act(agent, obs, avail, alive, hard, gate, neg_noise, deterministic)
     assert torch.equal(out[0], ref[0])
@@ -67,25 +72,23 @@ def test_fast_acting_equals_the_readable_path(layers, mode, gated, deterministic
     torch.testing.assert_close(out[2], ref[2], **TOL)
 
 
-def test_fast_acting_with_one_agent_and_one_head():
+def test_fast_acting_with_one_agent_and_one_head_and_obs_norm():
     from commformer.config import AlgoConfig
     from commformer.method.graph import CommGraph
     from commformer.method.model import CommFormer, ModelShape
     from commformer.method.policy import Agent
 
     torch.manual_seed(0)
-    for n in (1, 3):
-        agent = Agent(CommFormer(ModelShape.of(n, O, A, AlgoConfig(hidden=8, heads=1))), CommGraph(n, "full", 1.0))
-        obs = torch.randn(16, n, O)
+    for n, obs_norm in ((1, False), (3, False), (3, True)):
+        algo = AlgoConfig(hidden=8, heads=1, obs_norm=obs_norm)
+        agent = Agent(CommFormer(ModelShape.of(n, O, A, algo)), CommGraph(n, "full", 1.0))
+        obs = torch.randn(16, n, O) * 3.0 + 1.0
+        if obs_norm:  # statistics away from the identity: the fused step must read them too
+            agent.model.obs_norm.update(obs.reshape(-1, O) * 0.5 + 2.0)
         avail = torch.ones(16, n, A, dtype=torch.bool)
         alive = torch.ones(16, n, dtype=torch.bool)
         hard, _ = agent.graph.full(16)
-        noise = neg_gumbel(torch.rand(n, 16, A))
-        ref = readable_act(agent, obs, avail, alive, hard, None, noise, False)
-        out = fast_act(agent, obs, avail, alive, hard, None, noise, False)
-        assert torch.equal(out[0], ref[0])
-        torch.testing.assert_close(out[1], ref[1], **TOL)
-        torch.testing.assert_close(out[2], ref[2], **TOL)
+        assert_fast_equals_readable(agent, obs, avail, alive, hard, None, neg_gumbel(torch.rand(n, 16, A)), False)
 
 
 def test_acting_weights_follow_parameter_changes():
