@@ -16,11 +16,13 @@ interval lies on the wrong side, and is undecided when the interval straddles th
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from commformer.analysis.protocol import compare, group_runs, summarise_group
 from commformer.analysis.report import read_runs
+from commformer.analysis.tables import write_text
 from commformer.errors import UsageError, guarded, script_logging
 
 # the studies of conf/study/ that the claims read, with what each measures
@@ -191,10 +193,10 @@ def claims_main(argv: Sequence[str] | None = None) -> str:
 
     def run() -> str:
         text = claims_markdown(Path(args.studies))
-        print(text)
+        sys.stdout.write(text + "\n")  # the page is this command's product (as report.py's tables); logs go to logging
+        sys.stdout.flush()
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text)
+            write_text(Path(args.out), text)
         return text
 
     return guarded(run)  # type: ignore[return-value]
