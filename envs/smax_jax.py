@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import io
+import json
 import logging
+import os
+import shutil
 import sys
 import types
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +221,154 @@ def build_batched(scenario: str, episode_limit: int, attack_mode: str, enemy_sho
 
     return env, jax.jit(reset_fn, static_argnums=1), jax.jit(step_fn)
 
+
+
+# ----------------------------------------------------------------------------------------------- export cache
+
+# Bump when the exported functions' signature or the files' layout changes (old entries are then never read).
+EXPORT_FORMAT = 1
+META_KEYS = ("agents", "num_allies", "obs_size", "state_size", "num_ally_actions", "max_steps", "n_leaves")
+
+
+class BatchedCalls(NamedTuple):
+    """The batched reset / step of one SMAX setting at one B, as jitted calls of jax.export'ed modules.
+
+    reset(key) -> (key, leaves, episode_return [B], episode_length [B], floats, bools)
+    step(key, leaves, episode_return, episode_length, actions [B,N] i32) -> the same
+    leaves: the batched jaxmarl state as a tuple of arrays (jax.tree.leaves order; state_treedef() rebuilds it);
+    floats / bools as in build_batched. meta: the env's sizes (META_KEYS). loaded: True when read from the cache.
+    """
+    meta: dict
+    reset: Callable
+    step: Callable
+    loaded: bool
+
+
+@functools.lru_cache(maxsize=None)
+def export_key(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
+               platform: str) -> str:
+    """A digest of everything the exported reset / step depend on: the settings, B, the jax device platform, the
+    versions of jax, jaxlib and jaxmarl, this file's source and jaxmarl's SMAX sources (a local edit of either makes
+    a new entry). jaxmarl is located, not imported."""
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.find_spec("jaxmarl")
+    if spec is None or spec.origin is None:
+        raise ImportError(MISSING_EXTRA)
+    digest = hashlib.sha256()
+    versions = [metadata.version(dist) for dist in ("jax", "jaxlib", "jaxmarl")]
+    digest.update(repr([EXPORT_FORMAT, scenario, episode_limit, attack_mode, enemy_shoots, num_envs, platform,
+                        versions]).encode())
+    digest.update(Path(__file__).read_bytes())
+    for path in sorted((Path(spec.origin).parent / "environments" / "smax").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:40]
+
+
+def export_cached(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
+                  platform: str, cache_dir: str) -> bool:
+    """Whether cache_dir holds an export entry for these settings (its scenario was valid when it was written)."""
+    key = export_key(scenario, episode_limit, attack_mode, enemy_shoots, num_envs, platform)
+    return (Path(cache_dir) / "smax_export" / key / "meta.json").is_file()
+
+
+@functools.lru_cache(maxsize=None)
+def state_treedef(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bool, num_envs: int) -> Any:
+    """The pytree structure of the batched jaxmarl state at B = num_envs (traced, not run)."""
+    jax, _ = import_jaxmarl()
+    _, reset_fn, _ = build_batched(scenario, episode_limit, attack_mode, enemy_shoots)
+    out = jax.eval_shape(lambda k: reset_fn(k, num_envs), jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
+    return jax.tree.structure(out[1])
+
+
+def _export(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: bool, num_envs: int,
+            platform: str) -> tuple[dict, Any, Any]:
+    """Trace build_batched's reset / step at B = num_envs with the state flattened -> (meta, Exported, Exported)."""
+    jax, _ = import_jaxmarl()
+    from jax import export
+
+    env, reset_fn, step_fn = build_batched(scenario, episode_limit, attack_mode, enemy_shoots)
+    treedef = state_treedef(scenario, episode_limit, attack_mode, enemy_shoots, num_envs)
+
+    def reset_flat(key: Any) -> tuple:
+        key, states, ep_return, ep_length, floats, bools = reset_fn(key, num_envs)
+        return (key, tuple(jax.tree.leaves(states)), ep_return, ep_length, floats, bools)
+
+    def step_flat(key: Any, leaves: tuple, ep_return: Any, ep_length: Any, actions: Any) -> tuple:
+        out = step_fn(key, jax.tree.unflatten(treedef, leaves), ep_return, ep_length, actions)
+        return (out[0], tuple(jax.tree.leaves(out[1]))) + out[2:]
+
+    key = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
+    shapes = jax.eval_shape(reset_flat, key)
+    actions = jax.ShapeDtypeStruct((num_envs, env.num_allies), jax.numpy.int32)
+    exp_reset = export.export(jax.jit(reset_flat), platforms=(platform,))(key)
+    exp_step = export.export(jax.jit(step_flat), platforms=(platform,))(key, *shapes[1:4], actions)
+    meta = {"agents": list(env.agents), "num_allies": env.num_allies, "obs_size": env.obs_size,
+            "state_size": env.state_size, "num_ally_actions": env.num_ally_actions, "max_steps": env.max_steps,
+            "n_leaves": len(shapes[1])}
+    return meta, exp_reset, exp_step
+
+
+def _read_entry(folder: Path) -> tuple[dict, Any, Any] | None:
+    """A cache entry (meta.json, reset.bin, step.bin) -> (meta, Exported, Exported); None when absent or unreadable
+    (a damaged entry is logged and ignored: the caller exports anew and replaces it)."""
+    if not (folder / "meta.json").is_file():
+        return None
+    from jax import export
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if sorted(meta) != sorted(META_KEYS):
+            raise ValueError(f"meta.json keys {sorted(meta)}")
+        blobs = [bytearray((folder / name).read_bytes()) for name in ("reset.bin", "step.bin")]
+        return meta, export.deserialize(blobs[0]), export.deserialize(blobs[1])
+    except Exception as e:  # noqa: BLE001 (any damage: a truncated file, a flatbuffer jax rejects, bad JSON)
+        log.warning("SMAX export cache entry %s is unreadable (%s: %s); exporting it anew", folder,
+                    type(e).__name__, e)
+        return None
+
+
+def _write_entry(folder: Path, meta: dict, exp_reset: Any, exp_step: Any) -> None:
+    """Write a cache entry atomically (a sibling temp folder renamed into place); a failure is logged, not raised:
+    the run goes on with what it exported, and a concurrent writer of the same entry wins."""
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "reset.bin").write_bytes(exp_reset.serialize())
+        (tmp / "step.bin").write_bytes(exp_step.serialize())
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as e:
+        log.warning("SMAX export cache %s not written (%s); the next run exports again", folder, e.strerror or e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def batched_calls(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
+                  platform: str, cache_dir: str) -> BatchedCalls:
+    """The exported batched reset / step for these settings at B = num_envs on `platform` ("cpu", "gpu").
+
+    Read from cache_dir/smax_export/<export_key> when there (jaxmarl is then not imported and nothing is traced:
+    only XLA's compile remains, itself served by jax's persistent compilation cache); else traced from
+    build_batched, exported, and written there. Both ways run the same serialized module, so a run computes the
+    same numbers whether its entry was read or written."""
+    try:
+        import jax
+    except ImportError as err:
+        raise ImportError(MISSING_EXTRA) from err
+    folder = Path(cache_dir) / "smax_export" / export_key(scenario, episode_limit, attack_mode, enemy_shoots,
+                                                          num_envs, platform)
+    entry = _read_entry(folder)
+    loaded = entry is not None
+    if entry is None:
+        limit = default_episode_limit() if episode_limit is None else episode_limit
+        entry = _export(scenario, limit, attack_mode, enemy_shoots, num_envs, platform)
+        _write_entry(folder, *entry)
+        # what a later run reads: the serialized form (so a written and a read entry run one module)
+        entry = _read_entry(folder) or entry
+    meta, exp_reset, exp_step = entry
+    return BatchedCalls(meta, jax.jit(exp_reset.call), jax.jit(exp_step.call), loaded)

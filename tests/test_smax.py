@@ -342,7 +342,8 @@ def test_import_loads_only_the_smax_modules_until_more_is_used():
 
 
 def test_compilation_cache_folder(monkeypatch, tmp_path):
-    """A folder the user chose (jax config or JAX_COMPILATION_CACHE_DIR) wins; else ~/.cache/commformer/jax."""
+    """A folder the user chose (jax config or JAX_COMPILATION_CACHE_DIR) wins; else ~/.cache/commformer/jax. Every
+    compile is cached unless the user set JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS."""
     def fake_jax(path):
         config = types.SimpleNamespace(jax_compilation_cache_dir=path)
         config.update = lambda name, value: setattr(config, name, value)
@@ -357,6 +358,11 @@ def test_compilation_cache_folder(monkeypatch, tmp_path):
     jx = fake_jax(None)
     assert smax.enable_compilation_cache(jx) == str(tmp_path / "default") == jx.config.jax_compilation_cache_dir
     assert (tmp_path / "default").is_dir()
+    assert jx.config.jax_persistent_cache_min_compile_time_secs == 0.0  # every compile kept, not only those > 1 s
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+    jx = fake_jax(None)
+    smax.enable_compilation_cache(jx)
+    assert not hasattr(jx.config, "jax_persistent_cache_min_compile_time_secs")  # the user's threshold stands
 
 
 def test_configs_build_through_the_registry(env):
@@ -410,3 +416,117 @@ def test_time_limit_at_batch_one():
     obs, st, _, _, _ = lim.step_env(k_step[0], one(state, 0), {a: jax.numpy.int32(STOP) for a in lim.agents})
     assert_view(out, 0, raw_view(lim, obs, st), final=True)
     assert_view(out, 0, raw_view(lim, *lim.reset(k_reset[0])))
+
+
+# ------------------------------------------------------------------------------------------------ export cache
+
+
+SETTINGS = ("3m", 100, "closest", True, B, "cpu")
+
+
+def play(calls, seed: int = 3, steps: int = 12) -> list:
+    """Reset and `steps` steps of random available actions through BatchedCalls -> every output as numpy (the
+    bool buffer starts with avail_actions [B,N,A], smax_jax.RESET_BOOLS / STEP_BOOLS)."""
+    key, leaves, ret, length, floats, bools = calls.reset(jax.random.PRNGKey(seed))
+    trace, gen = [np.asarray(floats), np.asarray(bools)], torch.Generator().manual_seed(seed)
+    avail = torch.from_numpy(np.asarray(bools)[: B * N * A].reshape(B, N, A).copy())
+    for _ in range(steps):
+        actions = jax.numpy.asarray(random_available(avail, gen).to(torch.int32).numpy())
+        key, leaves, ret, length, floats, bools = calls.step(key, leaves, ret, length, actions)
+        trace += [np.asarray(floats), np.asarray(bools), np.asarray(ret), *map(np.asarray, leaves)]
+        avail = torch.from_numpy(np.asarray(bools)[: B * N * A].reshape(B, N, A).copy())
+    return trace
+
+
+def test_export_cache_written_then_read_runs_the_same_numbers(tmp_path):
+    """A first build exports reset / step into the cache folder; a fresh read of it (no lru) is marked loaded, and
+    both run exactly what the directly jitted build_batched functions compute (every buffer and state leaf)."""
+    from envs import smax_jax
+
+    written = smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
+    entry = tmp_path / "smax_export" / smax_jax.export_key(*SETTINGS)
+    assert not written.loaded and sorted(p.name for p in entry.iterdir()) == ["meta.json", "reset.bin", "step.bin"]
+    read = smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
+    assert read.loaded and read.meta == written.meta
+    assert read.meta["agents"] == ["ally_0", "ally_1", "ally_2"] and read.meta["obs_size"] == O
+    _, reset_fn, step_fn = smax_jax.build_batched(*SETTINGS[:4])
+    treedef = smax_jax.state_treedef(*SETTINGS[:5])
+
+    def direct_reset(key):
+        key, states, *rest = reset_fn(key, B)
+        return (key, tuple(jax.tree.leaves(states)), *rest)
+
+    def direct_step(key, leaves, ret, length, actions):
+        key, states, *rest = step_fn(key, jax.tree.unflatten(treedef, leaves), ret, length, actions)
+        return (key, tuple(jax.tree.leaves(states)), *rest)
+
+    direct = smax_jax.BatchedCalls(read.meta, direct_reset, direct_step, False)
+    traces = [play(c) for c in (written, read, direct)]
+    assert len(traces[0]) == 2 + 12 * (3 + read.meta["n_leaves"])
+    for x, y, z in zip(*traces):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+    assert not np.array_equal(play(read, seed=4)[0], traces[0][0]), "another seed must give other battles"
+
+
+def test_export_key_changes_with_every_setting():
+    from envs import smax_jax
+
+    keys = {smax_jax.export_key(*SETTINGS)}
+    for i, other in enumerate(("2s3z", 50, "random", False, B + 1, "gpu")):
+        keys.add(smax_jax.export_key(*SETTINGS[:i], other, *SETTINGS[i + 1:]))
+    assert len(keys) == 7
+
+
+def test_damaged_or_unwritable_export_cache_only_warns(tmp_path, caplog):
+    """A damaged entry is exported anew and replaced (one warning naming it); a cache folder that cannot be written
+    (a file in its place) costs the next run the export, not this one its env."""
+    from envs import smax_jax
+
+    smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
+    entry = tmp_path / "smax_export" / smax_jax.export_key(*SETTINGS)
+    (entry / "step.bin").write_bytes(b"not a flatbuffer")
+    with caplog.at_level("WARNING", logger="envs.smax_jax"):
+        again = smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
+    assert not again.loaded and f"SMAX export cache entry {entry} is unreadable" in caplog.text
+    assert smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path)).loaded
+    caplog.clear()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder goes")
+    with caplog.at_level("WARNING", logger="envs.smax_jax"):
+        calls = smax_jax.batched_calls.__wrapped__(*SETTINGS, str(blocked))
+    assert not calls.loaded and "not written" in caplog.text
+    assert all(np.array_equal(x, y) for x, y in zip(play(calls), play(again)))
+
+
+def test_a_cached_env_neither_imports_jaxmarl_nor_traces(tmp_path):
+    """With its entry in the cache, building and stepping an env loads no jaxmarl module; jax_state (which needs
+    jaxmarl's state types) still works, and a scenario without an entry is still checked."""
+    code = "\n".join([
+        "import sys, torch",
+        "from envs import smax",
+        f"smax.SMAXVecEnv({B}, 'cpu', scenario='3m', episode_limit=100).close()",
+        "assert any(m.startswith('jaxmarl') for m in sys.modules)",
+    ])
+    env = {**__import__("os").environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_ENV.parent.parent, env=env)
+    code = "\n".join([
+        "import sys, torch",
+        "from envs import smax",
+        f"e = smax.SMAXVecEnv({B}, 'cpu', scenario='3m', episode_limit=100)",
+        "out = e.step(torch.full((4, 3), 4)) if e.reset(seed=1) is not None else None",
+        "assert not any(m.startswith('jaxmarl') for m in sys.modules), 'jaxmarl imported'",
+        "assert int(e.jax_state.state.step[0]) == 1",
+        "try:",
+        "    smax.SMAXVecEnv(1, 'cpu', scenario='4m')",
+        "except ValueError as err:",
+        "    assert 'allowed' in str(err), err",
+        "else:",
+        "    raise AssertionError('4m accepted')",
+    ])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_ENV.parent.parent, env=env)
+
+
+def test_jax_state_setter_checks_the_structure(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="jax_state: a pytree"):
+        env.jax_state = (1, 2)
