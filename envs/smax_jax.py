@@ -33,7 +33,7 @@ STEP_BOOLS = ("avail_actions", "alive", "terminated", "truncated", "final_alive"
 
 
 @contextlib.contextmanager
-def _quiet_backend_probe():
+def quiet_backend_probe():
     """Silence jax's INFO lines about accelerators it probes for and lacks (e.g. "Unable to initialize backend
     'tpu'") while the backends start; the logger's level is restored afterwards."""
     probe_log = logging.getLogger("jax._src.xla_bridge")
@@ -101,7 +101,7 @@ def import_jaxmarl() -> tuple[Any, Any]:
         if "jaxmarl" not in sys.modules:
             _lazy_package("jaxmarl")
             _lazy_package("jaxmarl.environments")
-        with _quiet_backend_probe():  # jaxmarl builds jax arrays at import: the backends start here
+        with quiet_backend_probe():  # jaxmarl builds jax arrays at import: the backends start here
             import jaxmarl.environments.smax  # noqa: F401  (registers the scenarios)
     except ImportError as err:
         for name in ("jaxmarl.environments", "jaxmarl"):
@@ -266,6 +266,15 @@ def export_key(scenario: str, episode_limit: int | None, attack_mode: str, enemy
     return digest.hexdigest()[:40]
 
 
+def lowering_platform(device: Any) -> str:
+    """jax.export's name of a jax device's platform: "cpu", "tpu", or for a GPU (jax platform "gpu") "cuda" or
+    "rocm", read from the client's platform version."""
+    if device.platform != "gpu":
+        return str(device.platform)
+    version = str(getattr(device.client, "platform_version", "")).lower()
+    return "rocm" if "rocm" in version else "cuda"
+
+
 def export_cached(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
                   platform: str, cache_dir: str) -> bool:
     """Whether cache_dir holds an export entry for these settings (its scenario was valid when it was written)."""
@@ -350,7 +359,7 @@ def _write_entry(folder: Path, meta: dict, exp_reset: Any, exp_step: Any) -> Non
 @functools.lru_cache(maxsize=None)
 def batched_calls(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
                   platform: str, cache_dir: str) -> BatchedCalls:
-    """The exported batched reset / step for these settings at B = num_envs on `platform` ("cpu", "gpu").
+    """The exported batched reset / step for these settings at B = num_envs on `platform` (lowering_platform()).
 
     Read from cache_dir/smax_export/<export_key> when there (jaxmarl is then not imported and nothing is traced:
     only XLA's compile remains, itself served by jax's persistent compilation cache); else traced from

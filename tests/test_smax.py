@@ -530,3 +530,15 @@ def test_jax_state_setter_checks_the_structure(env):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="jax_state: a pytree"):
         env.jax_state = (1, 2)
+
+
+def test_lowering_platform_names_gpus_as_jax_export_does():
+    from envs.smax_jax import lowering_platform
+
+    def device(platform, version=""):
+        return types.SimpleNamespace(platform=platform, client=types.SimpleNamespace(platform_version=version))
+
+    assert lowering_platform(jax.devices("cpu")[0]) == "cpu"
+    assert lowering_platform(device("gpu", "PJRT C API\ncuda 12080")) == "cuda"
+    assert lowering_platform(device("gpu", "rocm 60342")) == "rocm"
+    assert lowering_platform(device("tpu")) == "tpu"
