@@ -27,7 +27,7 @@ How this adapter uses it (jaxmarl 0.2.0, REFERENCE.md 6):
 - JAX's persistent compilation cache is switched on (``JAX_COMPILATION_CACHE_DIR`` if set, else
   ``~/.cache/commformer/jax``) for every compile, and the batched reset / step are kept there as jax.export'ed
   modules (``smax_export/<digest of the settings, B, versions and sources>``): a run that finds its entry imports no
-  jaxmarl module and traces nothing (2.2-2.6 CPU s less per training process at smax_3m; the same numbers, as
+  jaxmarl module and traces nothing (2.1-2.7 CPU s less per training process at smax_3m; the same numbers, as
   written and read entries run one serialized module).
 
 Key schedule (reproducible from ``reset(seed)``): reset: ``key = PRNGKey(seed)``; ``key, k = split(key)``; env b

@@ -319,9 +319,9 @@ def _export(scenario: str, episode_limit: int, attack_mode: str, enemy_shoots: b
     return meta, exp_reset, exp_step
 
 
-def _read_entry(folder: Path) -> tuple[dict, Any, Any] | None:
+def _read_entry(folder: Path, quiet: bool = False) -> tuple[dict, Any, Any] | None:
     """A cache entry (meta.json, reset.bin, step.bin) -> (meta, Exported, Exported); None when absent or unreadable
-    (a damaged entry is logged and ignored: the caller exports anew and replaces it)."""
+    (a damaged entry is logged unless quiet, and ignored: the caller exports anew and replaces it)."""
     if not (folder / "meta.json").is_file():
         return None
     from jax import export
@@ -333,25 +333,31 @@ def _read_entry(folder: Path) -> tuple[dict, Any, Any] | None:
         blobs = [bytearray((folder / name).read_bytes()) for name in ("reset.bin", "step.bin")]
         return meta, export.deserialize(blobs[0]), export.deserialize(blobs[1])
     except Exception as e:  # noqa: BLE001 (any damage: a truncated file, a flatbuffer jax rejects, bad JSON)
+        if quiet:
+            return None
         log.warning("SMAX export cache entry %s is unreadable (%s: %s); exporting it anew", folder,
                     type(e).__name__, e)
         return None
 
 
 def _write_entry(folder: Path, meta: dict, exp_reset: Any, exp_step: Any) -> None:
-    """Write a cache entry atomically (a sibling temp folder renamed into place); a failure is logged, not raised:
-    the run goes on with what it exported, and a concurrent writer of the same entry wins."""
+    """Write a cache entry atomically: a sibling temp folder renamed into place, over a damaged entry (the caller
+    found it unreadable) but never over a readable one a concurrent run wrote first (its module is the same). A
+    failure is logged, not raised: the run goes on with what it exported."""
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "reset.bin").write_bytes(exp_reset.serialize())
         (tmp / "step.bin").write_bytes(exp_step.serialize())
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists() and _read_entry(folder, quiet=True) is not None:
+            return  # written meanwhile by another run
+        shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     except OSError as e:
-        log.warning("SMAX export cache %s not written (%s); the next run exports again", folder, e.strerror or e)
+        if not (folder / "meta.json").is_file():
+            log.warning("SMAX export cache %s not written (%s); the next run exports again", folder,
+                        e.strerror or e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -478,8 +478,9 @@ def test_export_key_changes_with_every_setting():
 
 
 def test_damaged_or_unwritable_export_cache_only_warns(tmp_path, caplog):
-    """A damaged entry is exported anew and replaced (one warning naming it); a cache folder that cannot be written
-    (a file in its place) costs the next run the export, not this one its env."""
+    """A damaged entry is exported anew and replaced (one warning naming it), a readable one is never overwritten
+    (two runs exporting at once); a cache folder that cannot be written (a file in its place) costs the next run the
+    export, not this one its env."""
     from envs import smax_jax
 
     smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
@@ -489,6 +490,13 @@ def test_damaged_or_unwritable_export_cache_only_warns(tmp_path, caplog):
         again = smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path))
     assert not again.loaded and f"SMAX export cache entry {entry} is unreadable" in caplog.text
     assert smax_jax.batched_calls.__wrapped__(*SETTINGS, str(tmp_path)).loaded
+    # a readable entry another run wrote first is left as it is (no warning, same files)
+    stamps = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="envs.smax_jax"):
+        smax_jax._write_entry(entry, again.meta, *smax_jax._export(*SETTINGS[:4], B, "cpu")[1:])
+    assert caplog.text == "" and {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == stamps
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # no temp folder left
     caplog.clear()
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder goes")
