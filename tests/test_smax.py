@@ -6,6 +6,7 @@ other scenarios and B = 1 are slow. Exact cases are set up by editing the batche
 """
 import contextlib
 import math
+import os
 import subprocess
 import sys
 import types
@@ -515,13 +516,14 @@ def test_a_cached_env_neither_imports_jaxmarl_nor_traces(tmp_path):
         f"smax.SMAXVecEnv({B}, 'cpu', scenario='3m', episode_limit=100).close()",
         "assert any(m.startswith('jaxmarl') for m in sys.modules)",
     ])
-    env = {**__import__("os").environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_ENV.parent.parent, env=env)
     code = "\n".join([
         "import sys, torch",
         "from envs import smax",
         f"e = smax.SMAXVecEnv({B}, 'cpu', scenario='3m', episode_limit=100)",
-        "out = e.step(torch.full((4, 3), 4)) if e.reset(seed=1) is not None else None",
+        "e.reset(seed=1)",
+        f"e.step(torch.full(({B}, {N}), {STOP}))",
         "assert not any(m.startswith('jaxmarl') for m in sys.modules), 'jaxmarl imported'",
         "assert int(e.jax_state.state.step[0]) == 1",
         "try:",
