@@ -51,9 +51,8 @@ from torch import Tensor
 
 from envs.core import EnvConfigError, EnvSpec, FamilyInfo, Step, check_actions, check_num_envs
 from envs.smax_jax import (  # noqa: F401  (NOOP_ACTION: re-exported, the action tests and callers use)
-    MISSING_EXTRA, NOOP_ACTION, RESET_BOOLS, RESET_FLOATS, STEP_BOOLS, STEP_FLOATS, quiet_backend_probe,
-    batched_calls, build_batched, default_episode_limit, export_cached, import_jaxmarl, lowering_platform,
-    scenarios, state_treedef,
+    MISSING_EXTRA, NOOP_ACTION, RESET_BOOLS, RESET_FLOATS, STEP_BOOLS, STEP_FLOATS, batched_calls, build_batched,
+    import_jaxmarl, lowering_platform, quiet_backend_probe, scenarios, state_treedef,
 )
 
 log = logging.getLogger(__name__)
@@ -143,9 +142,6 @@ class SMAXVecEnv(FamilyInfo):
         with quiet_backend_probe():  # the backends start here when jaxmarl was not imported
             self._jax_device = _jax_device(jax, self.device)
         platform = lowering_platform(self._jax_device)
-        if not export_cached(scenario, episode_limit, attack_mode, enemy_shoots, num_envs, platform,
-                             self.cache_dir) and scenario not in scenarios():
-            raise EnvConfigError(f"env.scenario={scenario!r}; allowed: {scenarios()}")
         calls = batched_calls(scenario, episode_limit, attack_mode, enemy_shoots, num_envs, platform, self.cache_dir)
         self._settings = (scenario, int(calls.meta["max_steps"]), attack_mode, enemy_shoots)
         self._reset_fn, self._step_fn = calls.reset, calls.step

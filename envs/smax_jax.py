@@ -17,6 +17,8 @@ import types
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from envs.core import EnvConfigError
+
 log = logging.getLogger(__name__)
 
 # SMAX's discrete ally actions: 0-3 move, 4 stop (the no-op, the only action of a dead unit), 5 + j attack enemy j.
@@ -222,7 +224,6 @@ def build_batched(scenario: str, episode_limit: int, attack_mode: str, enemy_sho
     return env, jax.jit(reset_fn, static_argnums=1), jax.jit(step_fn)
 
 
-
 # ----------------------------------------------------------------------------------------------- export cache
 
 # Bump when the exported functions' signature or the files' layout changes (old entries are then never read).
@@ -273,13 +274,6 @@ def lowering_platform(device: Any) -> str:
         return str(device.platform)
     version = str(getattr(device.client, "platform_version", "")).lower()
     return "rocm" if "rocm" in version else "cuda"
-
-
-def export_cached(scenario: str, episode_limit: int | None, attack_mode: str, enemy_shoots: bool, num_envs: int,
-                  platform: str, cache_dir: str) -> bool:
-    """Whether cache_dir holds an export entry for these settings (its scenario was valid when it was written)."""
-    key = export_key(scenario, episode_limit, attack_mode, enemy_shoots, num_envs, platform)
-    return (Path(cache_dir) / "smax_export" / key / "meta.json").is_file()
 
 
 @functools.lru_cache(maxsize=None)
@@ -370,7 +364,8 @@ def batched_calls(scenario: str, episode_limit: int | None, attack_mode: str, en
     Read from cache_dir/smax_export/<export_key> when there (jaxmarl is then not imported and nothing is traced:
     only XLA's compile remains, itself served by jax's persistent compilation cache); else traced from
     build_batched, exported, and written there. Both ways run the same serialized module, so a run computes the
-    same numbers whether its entry was read or written."""
+    same numbers whether its entry was read or written. A scenario jaxmarl does not know (never in the cache) raises
+    EnvConfigError naming the allowed ones."""
     try:
         import jax
     except ImportError as err:
@@ -380,6 +375,9 @@ def batched_calls(scenario: str, episode_limit: int | None, attack_mode: str, en
     entry = _read_entry(folder)
     loaded = entry is not None
     if entry is None:
+        allowed = scenarios()
+        if scenario not in allowed:
+            raise EnvConfigError(f"env.scenario={scenario!r}; allowed: {allowed}")
         limit = default_episode_limit() if episode_limit is None else episode_limit
         entry = _export(scenario, limit, attack_mode, enemy_shoots, num_envs, platform)
         _write_entry(folder, *entry)
