@@ -34,7 +34,9 @@ def _train_main(cfg) -> float | None:
     except user_errors() as e:  # e.g. an env that rejects its settings: leave no folder behind
         remove_job_folder(Path(output_dir))
         fail(one_line(e), getattr(e, "exit_code", 2))
-    result = guarded(trainer.train)
+    from commformer.analysis.video import log_final_video
+
+    result = guarded(lambda: trainer.train(at_end=log_final_video if config.logger.video else None))
     # sweepers (e.g. Optuna) read the returned number: the final success / win rate, else the return
     for key in ("eval/success", "eval/won", "eval/return"):
         if key in result:
@@ -49,7 +51,7 @@ def remove_job_folder(folder: Path) -> None:
 
 
 def has_override(overrides: list[str], key: str) -> bool:
-    from commformer.compose import override_key
+    from commformer.overrides import override_key
 
     return any(override_key(o) == key for o in overrides)
 

@@ -14,15 +14,10 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from commformer.config import Config, ConfigError, closest, load_config, unknown_key_line
+from commformer.overrides import override_key
 
 # Command-line flags of Hydra's app that print something instead of training: no validation then.
 INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
-
-
-def override_key(override: str) -> str:
-    """The dotted key of an override ('+algo.lr=1' -> 'algo.lr', 'env=pcp' -> 'env', '~seed' -> 'seed')."""
-    key = override.split("=", 1)[0]
-    return key.lstrip("+~").split("@", 1)[0].strip()
 
 
 def group_options(group: str, conf_dir: Path) -> list[str]:

@@ -18,10 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from commformer.errors import UserError
+from commformer.protocol import load_entry
 from commformer.method.graph import GRAPH_MODES
+from commformer.method.policy import split_sizes
 from envs.registry import validate_env_config
 
 BILEVEL_MODES = ("alternate", "split")
+BACKENDS = ("fast", "reference")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -63,12 +66,6 @@ def check_device(device: str) -> None:
     _check(False, f"device={device!r}; allowed: {', '.join(allowed)} (cuda, cuda:<index> where CUDA works)")
 
 
-def split_sizes(num_envs: int, fraction: float) -> tuple[int, int]:
-    """(upper, lower) env-column counts of algo.bilevel=split: max(1, round(f*B)) held out, at least one left."""
-    n_up = min(max(1, round(fraction * num_envs)), num_envs - 1)
-    return n_up, num_envs - n_up
-
-
 def field_docs(cls: type) -> dict[str, str]:
     """{field name: its description}: the string literal under each field of a config dataclass (its one home; the
     `--help` text and the README's key tables are made from it)."""
@@ -84,11 +81,86 @@ def field_docs(cls: type) -> dict[str, str]:
 
 @dataclass
 class AlgoConfig:
-    """CommFormer and its baselines (graph = learned | full | none | random; gate on or off). The defaults are the
-    `commformer` preset (conf/algo/commformer.yaml); the other presets set only what differs."""
+    """The trainer's keys every policy shares (PPO, optimiser, schedule of learning rate and entropy). A policy's
+    schema subclasses it with its own keys (CommFormerConfig below; docs/extending.md); `algo.policy` picks it."""
 
     name: str = "commformer"
     """preset name (labels the run)"""
+    policy: str = "commformer"
+    """the policy: a built-in name (commformer) or module:attribute of a PolicyEntry (docs/extending.md)"""
+    lr: float = 5e-4
+    """Adam learning rate of the network (the lower level)"""
+    adam_eps: float = 1e-5
+    """Adam epsilon of every optimiser"""
+    clip: float = 0.2
+    """PPO clip epsilon (policy ratio and value clip)"""
+    value_coef: float = 1.0
+    """value-loss weight"""
+    entropy_coef: float = 0.01
+    """entropy-bonus weight"""
+    huber_delta: float = 10.0
+    """Huber delta of the value loss"""
+    value_norm: bool = True
+    """running value normaliser of the value targets"""
+    value_clip: bool = True
+    """clip the value prediction around the rollout's (same epsilon as the policy) and take the worse loss"""
+    lr_decay: bool = False
+    """decay the lower level's learning rates linearly to 0 over the run (an upper level's stays constant)"""
+    entropy_coef_final: Optional[float] = None
+    """entropy weight at the end of the run, reached linearly from entropy_coef (null: constant)"""
+    reward_scale: float = 1.0
+    """multiply every reward by this before GAE (the logged returns stay the env's)"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    max_grad_norm: float = 10.0
+    """gradient-norm clip (each optimiser clips its own parameters)"""
+    minibatches: int = 1
+    """minibatches per PPO epoch (each level splits the rows it gets)"""
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "adam_eps", "max_grad_norm", "huber_delta"):
+            _positive_finite(f"algo.{key}", getattr(self, key))
+        _check(self.minibatches >= 1, f"algo.minibatches={self.minibatches}; must be >= 1")
+        _check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
+        _check(self.entropy_coef_final is None or 0 <= self.entropy_coef_final < math.inf,
+               f"algo.entropy_coef_final={self.entropy_coef_final}; must be >= 0 and finite (or null: constant)")
+        _positive_finite("algo.reward_scale", self.reward_scale)
+        for key in ("value_coef", "entropy_coef"):
+            value = getattr(self, key)
+            _check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
+        _fraction("algo.gamma", self.gamma)
+        _fraction("algo.gae_lambda", self.gae_lambda, low_open=False)
+
+    def group_lrs(self) -> dict[str, float]:
+        """Learning rate of each of the policy's lower-level parameter groups, by group name."""
+        return {"network": self.lr}
+
+    @property
+    def upper_lr(self) -> float:
+        """Learning rate of the policy's upper level, where it has one."""
+        return 0.0
+
+    def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
+        """{level: (rows its PPO epochs see, how they come about)} for rollouts of T steps x B envs."""
+        return {"network": (T * B, f"rollout_length={T} x num_envs={B}")}
+
+    def check_run(self, run: Any) -> None:
+        """Cross-field checks against the run's Config (ConfigError naming both values)."""
+        for level, (rows, how) in self.level_rows(run.rollout_length, run.num_envs).items():
+            _check(self.minibatches <= rows,
+                   f"algo.minibatches={self.minibatches}; must be <= the {rows} rows the {level} gets per epoch "
+                   f"({how})")
+
+
+@dataclass
+class CommFormerConfig(AlgoConfig):
+    """CommFormer and its controls (graph = learned | full | none | random; gate on or off). The defaults are the
+    `commformer` preset (conf/algo/commformer.yaml); the other presets set only what differs."""
+
+    backend: str = "fast"
+    """fast (fused forms, commformer/fast/) | reference (the readable method, commformer/method/); same function"""
     graph: str = "learned"
     """communication graph: learned | full | none | random (a fixed k-hot drawn from the seed)"""
     sparsity: float = 0.4
@@ -108,46 +180,16 @@ class AlgoConfig:
     dropout: float = 0.0
     """dropout (0 keeps the PPO ratio exact between rollout and update)"""
     gate: bool = False
-    """the temporal gate (our design, REFERENCE.md 5): each agent decides per step whether to receive"""
+    """the temporal gate (our design, docs/method.md "Temporal gate"): each agent decides per step whether to receive"""
     gate_lr: float = 5e-4
     """Adam learning rate of the gate's parameters"""
     gate_init_p: float = 0.9
     """initial probability that a gate is open"""
     comm_cost: float = 0.0
     """loss weight of the mean gate-open probability (with gate=true)"""
-    lr: float = 5e-4
-    """Adam learning rate of the network (the lower level)"""
-    adam_eps: float = 1e-5
-    """Adam epsilon of both optimisers"""
-    clip: float = 0.2
-    """PPO clip epsilon (policy ratio and value clip)"""
-    value_coef: float = 1.0
-    """value-loss weight"""
-    entropy_coef: float = 0.01
-    """entropy-bonus weight"""
-    huber_delta: float = 10.0
-    """Huber delta of the value loss"""
-    value_norm: bool = True
-    """running value normaliser of the value targets"""
     obs_norm: bool = False
     """running per-feature observation normalisation (mean / variance of the observations seen so far, kept in the
     model's weights and so in checkpoints), applied before the embedding"""
-    value_clip: bool = True
-    """clip the value prediction around the rollout's (same epsilon as the policy) and take the worse loss"""
-    lr_decay: bool = False
-    """decay the network's and the gate's learning rates linearly to 0 over the run (alpha's stays constant)"""
-    entropy_coef_final: Optional[float] = None
-    """entropy weight at the end of the run, reached linearly from entropy_coef (null: constant)"""
-    reward_scale: float = 1.0
-    """multiply every reward by this before GAE (the logged returns stay the env's)"""
-    gamma: float = 0.99
-    """discount"""
-    gae_lambda: float = 0.95
-    """GAE lambda"""
-    max_grad_norm: float = 10.0
-    """gradient-norm clip (each optimiser clips its own parameters)"""
-    minibatches: int = 1
-    """minibatches per PPO epoch (each level splits the rows it gets)"""
     arch_every: int = 5
     """alpha steps on every arch_every-th PPO epoch, the network on the others"""
     bilevel: str = "alternate"
@@ -160,12 +202,14 @@ class AlgoConfig:
     """fraction of training after which alpha freezes and top-k(alpha) acts (1.0: never)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.backend in BACKENDS, f"algo.backend={self.backend!r}; allowed: {list(BACKENDS)}")
         _check(self.graph in GRAPH_MODES, f"algo.graph={self.graph!r}; allowed: {list(GRAPH_MODES)}")
         _fraction("algo.sparsity", self.sparsity)
         _check(self.bilevel in BILEVEL_MODES, f"algo.bilevel={self.bilevel!r}; allowed: {list(BILEVEL_MODES)}")
-        for key in ("graph_lr", "tau", "lr", "adam_eps", "gate_lr", "max_grad_norm", "huber_delta"):
+        for key in ("graph_lr", "tau", "gate_lr"):
             _positive_finite(f"algo.{key}", getattr(self, key))
-        for key in ("hidden", "heads", "layers", "minibatches"):
+        for key in ("hidden", "heads", "layers"):
             _check(getattr(self, key) >= 1, f"algo.{key}={getattr(self, key)}; must be >= 1")
         _check(self.hidden % self.heads == 0,
                f"algo.hidden={self.hidden}; must be divisible by algo.heads={self.heads}")
@@ -173,15 +217,6 @@ class AlgoConfig:
         _check(0.003 <= self.gate_init_p <= 0.997,
                f"algo.gate_init_p={self.gate_init_p}; must be in [0.003, 0.997] (the gate's logit is bounded to +-6)")
         _check(0 <= self.comm_cost < math.inf, f"algo.comm_cost={self.comm_cost}; must be >= 0 and finite")
-        _check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
-        _check(self.entropy_coef_final is None or 0 <= self.entropy_coef_final < math.inf,
-               f"algo.entropy_coef_final={self.entropy_coef_final}; must be >= 0 and finite (or null: constant)")
-        _positive_finite("algo.reward_scale", self.reward_scale)
-        for key in ("value_coef", "entropy_coef"):
-            value = getattr(self, key)
-            _check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
-        _fraction("algo.gamma", self.gamma)
-        _fraction("algo.gae_lambda", self.gae_lambda, low_open=False)
         _check(0.0 < self.split_fraction < 1.0, f"algo.split_fraction={self.split_fraction}; must be in (0, 1)")
         _check(self.warmup_iters >= 0, f"algo.warmup_iters={self.warmup_iters}; must be >= 0")
         _fraction("algo.freeze_fraction", self.freeze_fraction)
@@ -190,6 +225,36 @@ class AlgoConfig:
                                          "(alpha steps every arch_every-th PPO epoch, the network on the others)")
         if self.comm_cost > 0 and not self.gate:
             warnings.warn(f"algo.comm_cost={self.comm_cost} is ignored: algo.gate=false", stacklevel=2)
+
+    def group_lrs(self) -> dict[str, float]:
+        return {"network": self.lr, "gate": self.gate_lr}
+
+    @property
+    def upper_lr(self) -> float:
+        return self.graph_lr
+
+    def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
+        """Rows each level's PPO epochs see ("graph" only when alpha learns). With bilevel=split the bi-level phase
+        gives each level its own env columns (split_sizes); warm-up uses all T*B."""
+        if self.graph != "learned":
+            return super().level_rows(T, B)
+        if self.bilevel == "split" and B >= 2:
+            up, low = split_sizes(B, self.split_fraction)
+            how = "rollout_length={} x {} of num_envs={} columns with algo.bilevel=split"
+            return {"network": (T * low, how.format(T, low, B)), "graph": (T * up, how.format(T, up, B))}
+        return {"network": (T * B, f"rollout_length={T} x num_envs={B}"),
+                "graph": (T * B, f"rollout_length={T} x num_envs={B}")}
+
+    def check_run(self, run: Any) -> None:
+        if self.graph == "learned":
+            _check(run.ppo_epochs >= self.arch_every,
+                   f"ppo_epochs={run.ppo_epochs}; a learned graph needs ppo_epochs >= algo.arch_every="
+                   f"{self.arch_every} (or set algo.graph=full|none|random)")
+            if self.bilevel == "split":
+                _check(run.num_envs >= 2, f"num_envs={run.num_envs}; algo.bilevel=split needs >= 2 env columns")
+        elif self.bilevel == "split":
+            warnings.warn(f"algo.bilevel=split is ignored: algo.graph={self.graph!r} has no alpha", stacklevel=2)
+        super().check_run(run)
 
 
 @dataclass
@@ -234,8 +299,8 @@ class Config:
 
     env: Dict[str, Any] = field(default_factory=dict)
     """the env config (conf/env/<name>.yaml): name, family and the family's constructor keys"""
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    """the algorithm (conf/algo/<preset>.yaml)"""
+    algo: Any = field(default_factory=CommFormerConfig)
+    """the algorithm (conf/algo/<preset>.yaml): an AlgoConfig of the schema `algo.policy` names"""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     """where the run is recorded (conf/logger/<name>.yaml)"""
     total_env_steps: int = 200_000
@@ -286,44 +351,7 @@ class Config:
         _check(self.eval_envs is None or self.eval_envs >= 1,
                f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
         check_device(self.device)
-        a = self.algo
-        if a.graph == "learned":
-            _check(self.ppo_epochs >= a.arch_every,
-                   f"ppo_epochs={self.ppo_epochs}; a learned graph needs ppo_epochs >= algo.arch_every="
-                   f"{a.arch_every} (or set algo.graph=full|none|random)")
-            if a.bilevel == "split":
-                _check(self.num_envs >= 2, f"num_envs={self.num_envs}; algo.bilevel=split needs >= 2 env columns")
-        elif a.bilevel == "split":
-            warnings.warn(f"algo.bilevel=split is ignored: algo.graph={a.graph!r} has no alpha", stacklevel=2)
-        for level, rows in self.level_rows.items():
-            _check(a.minibatches <= rows,
-                   f"algo.minibatches={a.minibatches}; must be <= the {rows} rows the {level} gets per epoch "
-                   f"({self.rows_text(level)})")
-
-    @property
-    def split_columns(self) -> tuple[int, int]:
-        """(upper, lower) env-column counts with algo.bilevel=split (split_sizes)."""
-        return split_sizes(self.num_envs, self.algo.split_fraction)
-
-    @property
-    def level_rows(self) -> dict[str, int]:
-        """Rows (T * env columns) each level's PPO epochs see: {"network": ..., "graph": ...} (graph only when alpha
-        learns). In split mode the bi-level phase gives each level its own columns; warm-up uses all T*B."""
-        T, B = self.rollout_length, self.num_envs
-        if self.algo.graph != "learned":
-            return {"network": T * B}
-        if self.algo.bilevel == "split" and B >= 2:
-            up, low = self.split_columns
-            return {"network": T * low, "graph": T * up}
-        return {"network": T * B, "graph": T * B}
-
-    def rows_text(self, level: str) -> str:
-        T = self.rollout_length
-        if self.algo.graph == "learned" and self.algo.bilevel == "split" and self.num_envs >= 2:
-            up, low = self.split_columns
-            cols = up if level == "graph" else low
-            return f"rollout_length={T} x {cols} of num_envs={self.num_envs} columns with algo.bilevel=split"
-        return f"rollout_length={T} x num_envs={self.num_envs}"
+        self.algo.check_run(self)
 
     @property
     def batch_env_steps(self) -> int:
@@ -349,12 +377,13 @@ class Config:
 GROUPS = ("env", "algo", "logger")
 
 
-def schema_keys() -> list[str]:
-    """Every dotted key of the schema: top-level fields, algo.*, logger.* (env.* depend on the env family)."""
+def schema_keys(algo: type | None = None) -> list[str]:
+    """Every dotted key of the schema: top-level fields, algo.* (of the algo schema `algo`, default commformer's),
+    logger.* (env.* depend on the env family)."""
     keys = []
     for f in dataclasses.fields(Config):
         if f.name == "algo":
-            keys += [f"algo.{g.name}" for g in dataclasses.fields(AlgoConfig)]
+            keys += [f"algo.{g.name}" for g in dataclasses.fields(algo or CommFormerConfig)]
         elif f.name == "logger":
             keys += [f"logger.{g.name}" for g in dataclasses.fields(LoggerConfig)]
         else:
@@ -368,21 +397,39 @@ def closest(name: str, allowed: Sequence[str]) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def unknown_key_line(key: str, value: Any) -> str:
-    """'<key>=<value>: unknown key (did you mean ...?); allowed: ...' for a key outside the schema."""
+def unknown_key_line(key: str, value: Any, algo: type | None = None) -> str:
+    """'<key>=<value>: unknown key (did you mean ...?); allowed: ...' for a key outside the schema (algo: the algo
+    schema in force)."""
     if key.startswith("env."):
         return f"{key}={value}: unknown key for this env (env keys are checked against the env family's schema)"
-    keys = schema_keys()
+    keys = schema_keys(algo)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
     siblings = [k for k in keys if k.startswith(prefix) and k.count(".") == key.count(".")] if prefix else \
         [k for k in keys if "." not in k] + list(GROUPS)
     return f"{key}={value}: unknown key{closest(key, siblings)}; allowed: {', '.join(sorted(set(siblings)))}"
 
 
+def algo_schema(policy: str) -> type:
+    """The algo schema of a policy: CommFormerConfig for the built-in `commformer`, else the `config` of the
+    PolicyEntry at 'module:attribute' (ConfigError naming the value otherwise)."""
+    if policy == "commformer":
+        return CommFormerConfig
+    try:
+        schema = load_entry(policy).config
+    except ValueError as e:
+        raise ConfigError(f"{e}; built-in: commformer") from None
+    _check(isinstance(schema, type) and issubclass(schema, AlgoConfig),
+           f"algo.policy={policy!r}: its config {schema!r} must subclass commformer.config.AlgoConfig")
+    return schema
+
+
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (name "config_schema", the first entry of conf/config.yaml's
-    defaults list). Done on import of this module, so every compose (scripts, tests, the benchmark) finds it."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    defaults list), its algo node untyped: the policy's schema (algo_schema) types it in load_config. Done on import
+    of this module, so every compose (scripts, tests, the benchmark) finds it."""
+    node = OmegaConf.structured(Config)
+    node.algo = {}
+    ConfigStore.instance().store(name="config_schema", node=node)
 
 
 register_configs()
@@ -390,8 +437,12 @@ register_configs()
 
 def load_config(cfg: DictConfig | dict) -> Config:
     """Merge a composed config onto the schema and run every check; ConfigError with one line on a bad value."""
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    schema = algo_schema(str(OmegaConf.select(raw, "algo.policy", default="commformer")))
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        base = OmegaConf.structured(Config)
+        base.algo = OmegaConf.structured(schema)
+        merged = OmegaConf.merge(base, raw)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ConfigError:
         raise
@@ -399,8 +450,8 @@ def load_config(cfg: DictConfig | dict) -> Config:
         key = getattr(e, "full_key", None)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if key and type(e).__name__ == "ConfigKeyError":  # a key outside the schema
-            value = OmegaConf.select(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, key, default="?")
-            raise ConfigError(unknown_key_line(key, value)) from None
+            value = OmegaConf.select(raw, key, default="?")
+            raise ConfigError(unknown_key_line(key, value, schema)) from None
         raise ConfigError(f"{key}: {first}" if key else first) from None
     except ValueError as e:  # a __post_init__ check wrapped by OmegaConf
         raise ConfigError(str(e).splitlines()[0]) from None

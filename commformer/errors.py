@@ -5,12 +5,8 @@ line on stderr naming the key, the value and what is allowed; no traceback.
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from typing import Callable, NoReturn
-
-log = logging.getLogger("commformer")
 
 
 class UserError(Exception):
@@ -65,36 +61,3 @@ def guarded(fn: Callable[[], object]) -> object:
         return fn()
     except user_errors() as e:
         fail(one_line(e), getattr(e, "exit_code", 2))
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}; must be >= 1")
-    return value
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A handler that writes to whatever sys.stderr is at the time of each record (so a redirected or captured
-    stderr gets the lines, never a closed stream)."""
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def script_logging() -> None:
-    """Diagnostics of the command-line tools go to stderr as `LEVEL: message` (their tables go to stdout)."""
-    if not any(isinstance(h, _CurrentStderr) for h in log.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)

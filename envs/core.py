@@ -203,24 +203,3 @@ def random_available(avail: Tensor, generator: torch.Generator) -> Tensor:
     on avail's device)."""
     keys = torch.rand(avail.shape, generator=generator, device=avail.device)
     return torch.where(avail, keys + 1.0, 0.0).argmax(dim=-1)
-
-
-def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
-    """Assert that a Step matches the contract (shapes and dtypes); used by the contract tests."""
-    B, N, O, S, A = num_envs, spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions
-    want = {
-        "obs": ((B, N, O), torch.float32), "state": ((B, S), torch.float32),
-        "avail_actions": ((B, N, A), torch.bool), "reward": ((B, N), torch.float32),
-        "terminated": ((B,), torch.bool), "truncated": ((B,), torch.bool),
-        "alive": ((B, N), torch.bool), "active": ((B, N), torch.bool),
-        "final_obs": ((B, N, O), torch.float32), "final_state": ((B, S), torch.float32),
-        "final_alive": ((B, N), torch.bool),
-    }
-    for name, (shape, dtype) in want.items():
-        t = getattr(step, name)
-        assert tuple(t.shape) == shape and t.dtype == dtype, (
-            f"Step.{name}: expected {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
-    for key in EPISODE_KEYS + spec.task_metrics:
-        assert key in step.episode, f"Step.episode lacks {key!r} (has {sorted(step.episode)})"
-        assert tuple(step.episode[key].shape) == (B,), f"Step.episode[{key!r}]: expected ({B},)"
-    assert bool(step.avail_actions.any(-1).all()), "every agent needs at least one available action"

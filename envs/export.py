@@ -140,7 +140,8 @@ class _BatchedParallelEnv(ParallelEnv):
 
 
 class PredatorPreyParallelEnv(_BatchedParallelEnv):
-    """Predator-Prey (REFERENCE.md 6) as a PettingZoo ParallelEnv; defaults: 3 predators, 5x5, vision 1, 20 steps."""
+    """Predator-Prey (docs/tasks.md, "Predator-Prey") as a PettingZoo ParallelEnv; defaults: 3 predators, 5x5,
+    vision 1, 20 steps."""
 
     env_class = PredatorPrey
     metadata = {"name": "predator_prey_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True,
@@ -148,8 +149,8 @@ class PredatorPreyParallelEnv(_BatchedParallelEnv):
 
 
 class PredatorCapturePreyParallelEnv(_BatchedParallelEnv):
-    """Predator-Capture-Prey (REFERENCE.md 6) as a PettingZoo ParallelEnv; defaults: 2 predators + 1 capture
-    agent, 5x5, vision 1, 20 steps."""
+    """Predator-Capture-Prey (docs/tasks.md, "Predator-Capture-Prey") as a PettingZoo ParallelEnv; defaults:
+    2 predators + 1 capture agent, 5x5, vision 1, 20 steps."""
 
     env_class = PredatorCapturePrey
     metadata = {"name": "predator_capture_prey_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True,

@@ -21,7 +21,7 @@ How one copy's agent-keyed dicts become the batched Step (envs.core):
 - Episode stats: "return" = sum over time of the mean reward over the N agents, "length" = steps.
 - Seeding: reset(seed) resets copy b with seed + b, so a run is reproducible and the same with or without workers.
 
-Workers: ``workers=W >= 2`` splits the B copies into W contiguous chunks (envs.workers.chunk_sizes) stepped
+Workers: ``workers=W >= 2`` splits the B copies into W contiguous chunks (envs.workers.worker_chunks) stepped
 concurrently: the first W-1 by worker processes started from a "forkserver" that preloads this module (so no torch
 state of the caller is forked; "spawn" where there is none), the last one by this process while it waits for them
 (``workers`` 0 and 1 both step every copy in this process). So W=2 on 2 cores means 2 busy processes, not 3 (one
@@ -33,7 +33,7 @@ traceback (before any exception of the local chunk, which is raised as it is, as
 transport is envs.workers.SharedRowsPool; the padding lives in envs.pettingzoo_layout, the copies in
 envs.pettingzoo_copies.
 Env-only throughput on simple_spread (random available actions, 2 CPU cores, blocks without other load): see
-README.md; with the main process stepping a chunk itself workers=2 reached x1.72 (B=16) / x1.82 (B=64) of
+docs/throughput.md; with the main process stepping a chunk itself workers=2 reached x1.72 (B=16) / x1.82 (B=64) of
 in-process in the best of 3 short alternating runs (it was x1.45-1.5 with 2 worker processes and an idle main
 process), but single runs on a shared machine ranged x1.3-1.9. When other programs keep the cores busy, workers gain
 little.
@@ -52,7 +52,7 @@ from envs.core import (
 )
 from envs.pettingzoo_copies import CopyBuilder, CopyGroup, build_env
 from envs.pettingzoo_layout import field_specs, make_layout, new_arrays
-from envs.workers import SharedRowsPool, chunk_sizes
+from envs.workers import SharedRowsPool, worker_chunks
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class PettingZooVecEnv(FamilyInfo):
         if workers <= 1:
             self.group = CopyGroup(factory, self.kwargs, self.layout, 0, num_envs)
         else:
-            chunks = chunk_sizes(num_envs, workers)  # the last chunk is stepped here
+            chunks = worker_chunks(num_envs, workers)  # the last chunk is stepped here
             specs = {**field_specs(self.layout, num_envs), "actions": ((num_envs, self.spec.n_agents), np.int64)}
             self.pool = SharedRowsPool(CopyBuilder(factory, self.kwargs, self.layout), specs, chunks[:-1],
                                        chunks[-1], label="PettingZoo", unit="envs", preload=[__name__])

@@ -1,4 +1,5 @@
-"""Batched Predator-Prey and Predator-Capture-Prey on torch tensors (REFERENCE.md 6), CPU or CUDA.
+"""Batched Predator-Prey and Predator-Capture-Prey on torch tensors, CPU or CUDA (docs/tasks.md, "Predator-Prey"
+and "Predator-Capture-Prey").
 
 The grid tasks of IC3Net (Singh et al., ICLR 2019) and MAGIC (Niu et al., AAMAS 2021) as used by CommFormer:
 a dim x dim grid, one prey that never moves, predators that see a (2v+1) x (2v+1) window around themselves and must
@@ -7,7 +8,7 @@ all reach the prey. Predator-Capture-Prey adds blind capture agents that must re
 Shape letters: B envs, N agents, O obs width, S state width (N*O), A actions, D = dim*dim cells, W = (2v+1)^2
 window cells. Positions are kept as cell ids (row*dim + col).
 
-Rules (REFERENCE.md 6):
+Rules (docs/tasks.md states them for users):
 - Actions: 0 up (row-1), 1 right (col+1), 2 down (row+1), 3 left (col-1), 4 stay; a move into a wall stays.
   Predator-Capture-Prey adds 5 capture: available to a capture agent while it is not done, never to a predator; it
   succeeds only on the prey's cell. Agents may share cells.
@@ -30,7 +31,6 @@ Unavailable actions act as "stay" (a done agent's action and a predator's captur
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import gymnasium
@@ -38,115 +38,15 @@ import torch
 from torch import Tensor
 
 from envs.core import EnvConfigError, EnvSpec, FamilyInfo, Step, check_actions, check_int, check_num_envs
+from envs.grid_tables import (CAPTURE_INDEX, PREDATOR_INDEX, PREY_INDEX, cells_to_pos, distinct_tuples, move_table,
+                               n_distinct_tuples, pair_offsets, window_table)
+from envs.recycled_buffers import RecycledBuffers
 
 UP, RIGHT, DOWN, LEFT, STAY, CAPTURE = 0, 1, 2, 3, 4, 5
-MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1), (0, 0))  # (d_row, d_col) of actions 0..4
 STEP_PENALTY = -0.05
-
-# Offsets inside one window cell's vector of D + 4 values, counted from D.
-CAPTURE_INDEX, OUTSIDE_INDEX, PREY_INDEX, PREDATOR_INDEX = 0, 1, 2, 3
 
 # Largest table of distinct spawn tuples kept on the device (rows); bigger grids draw spawns with top-k instead.
 SPAWN_TABLE_MAX_ROWS = 1 << 20
-
-
-# ----------------------------------------------------------------------------------------------- lookup tables
-
-
-def move_table(dim: int, n_actions: int) -> Tensor:
-    """[D, A] long: the cell reached from each cell by each action; walls, stay and capture keep the cell."""
-    row, col = torch.arange(dim * dim).div(dim, rounding_mode="floor"), torch.arange(dim * dim) % dim
-    table = torch.arange(dim * dim)[:, None].repeat(1, n_actions)
-    for a, (dr, dc) in enumerate(MOVES):
-        r, c = (row + dr).clamp(0, dim - 1), (col + dc).clamp(0, dim - 1)
-        table[:, a] = r * dim + c
-    return table
-
-
-def window_table(dim: int, vision: int) -> Tensor:
-    """[D, W*(D+4)] f32: the view of a lone predator at each centre cell: cell-id one-hots, out-of-grid flags and
-    the observer itself (predator count 1 at the centre cell)."""
-    side, n_cells = 2 * vision + 1, dim * dim
-    width = n_cells + 4
-    table = torch.zeros(n_cells, side * side, width)
-    for centre in range(n_cells):
-        r0, c0 = divmod(centre, dim)
-        for w in range(side * side):
-            r, c = r0 + w // side - vision, c0 + w % side - vision
-            if 0 <= r < dim and 0 <= c < dim:
-                table[centre, w, r * dim + c] = 1.0
-            else:
-                table[centre, w, n_cells + OUTSIDE_INDEX] = 1.0
-        table[centre, (side * side) // 2, n_cells + PREDATOR_INDEX] = 1.0
-    return table.reshape(n_cells, side * side * width)
-
-
-def pair_offsets(dim: int, vision: int, outside: int) -> Tensor:
-    """[D*D] long, at i*D + j: w*(D+4) for the window cell w that holds cell j in the window centred on cell i,
-    and `outside` when j is not in that window."""
-    side, n_cells = 2 * vision + 1, dim * dim
-    idx = torch.arange(n_cells)
-    row, col = idx.div(dim, rounding_mode="floor"), idx % dim
-    dr = row[None, :] - row[:, None] + vision  # [D,D]: j's row inside i's window
-    dc = col[None, :] - col[:, None] + vision
-    inside = (dr >= 0) & (dr < side) & (dc >= 0) & (dc < side)
-    return torch.where(inside, (dr * side + dc) * (n_cells + 4), outside).reshape(-1)
-
-
-def distinct_tuples(n_cells: int, k: int) -> Tensor:
-    """[n_cells!/(n_cells-k)!, k] int32: every ordered tuple of k distinct cells."""
-    rows = torch.arange(n_cells)[:, None]
-    for _ in range(k - 1):
-        cand = torch.arange(n_cells)
-        grown = torch.cat([rows[:, None, :].expand(-1, n_cells, -1),
-                           cand[None, :, None].expand(rows.shape[0], -1, 1)], dim=2)
-        fresh = (rows[:, None, :] != cand[None, :, None]).all(dim=2)
-        rows = grown[fresh]
-    return rows.to(torch.int32)
-
-
-def n_distinct_tuples(n_cells: int, k: int) -> int:
-    """n_cells! / (n_cells - k)!."""
-    return math.perm(n_cells, k)
-
-
-def cells_to_pos(cells: Tensor, dim: int) -> Tensor:
-    """cell ids [...] long -> (row, col) [..., 2] long."""
-    return torch.stack([cells.div(dim, rounding_mode="floor"), cells % dim], dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------- output buffers
-
-
-def _storage_users(t: Tensor) -> int | None:
-    """How many tensors share t's storage (None where this torch build does not tell)."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    return None if count is None else int(count(t.untyped_storage()._cdata))
-
-
-class RecycledBuffers:
-    """Fresh-looking output tensors of one shape that reuse memory nobody holds any more.
-
-    On CPU a fresh multi-megabyte tensor is new memory from the OS, and touching it page-faults: at B=4096 that
-    halved the env's throughput. get() hands back a kept buffer once no tensor outside this pool (a Step field, a
-    view of one, a slice) uses its storage, else a new one; a Step the caller still holds is never overwritten.
-    Where torch does not expose the storage use count, every call allocates.
-    """
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device, keep: int = 6):
-        self.shape, self.device, self.keep = shape, device, keep
-        self._kept: list[tuple[Tensor, int]] = []  # (buffer, its use count while only the pool holds it)
-
-    def get(self) -> Tensor:
-        """A tensor of `shape` (uninitialised); a new view, so holding it keeps its memory out of the pool."""
-        for buf, idle in self._kept:
-            if _storage_users(buf) == idle:
-                return buf.view(self.shape)
-        buf = torch.empty(self.shape, device=self.device)
-        idle = _storage_users(buf)
-        if idle is not None and len(self._kept) < self.keep:
-            self._kept.append((buf, idle))
-        return buf.view(self.shape)
 
 
 # ----------------------------------------------------------------------------------------------- the envs

@@ -205,11 +205,3 @@ def family_unavailable(family: str) -> str | None:
     or None; builds and starts nothing."""
     reason = getattr(env_class(family), "unavailable_reason", None)
     return None if reason is None else reason()
-
-
-def make_render_env(cfg: Mapping[str, Any], device: str | torch.device = "cpu"):
-    """One env copy (B=1) of `cfg` that draws its frames: render_frame(env_index, graph, gate) -> [H,W,3] uint8
-    (envs.render_adapters.make_render_env; needs the [plot] extra)."""
-    from envs.render_adapters import make_render_env as make
-
-    return make(cfg, device)

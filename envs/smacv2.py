@@ -60,7 +60,7 @@ from envs.smacv2_convert import (
 )
 from envs.smacv2_games import SMACv2GameFactory, worker_main
 from envs.smacv2_install import check_sc2_game, check_sc2_install, check_smacv2_package
-from envs.workers import WorkerPool, chunk_sizes, start_context
+from envs.workers import WorkerPool, start_context, worker_chunks
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class SMACv2VecEnv(FamilyInfo):
 
     def _start(self, num_envs: int, device: torch.device, factory: Callable[[int | None], Any], workers: int) -> None:
         self.num_envs, self.device = num_envs, device
-        self._chunks = chunk_sizes(num_envs, workers)
+        self._chunks = worker_chunks(num_envs, workers)
         pool = WorkerPool(self._chunks, label="SMACv2", unit="games", close_timeout_s=GAME_CLOSE_TIMEOUT_S)
         # W "spawn" processes; a worker whose game cannot start raises EnvUnavailableError here
         infos = pool.start(start_context(), worker_main, [(factory, n) for _, n in self._chunks], name="smacv2-worker")

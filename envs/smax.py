@@ -6,7 +6,7 @@ SMAX (JaxMARL, Rutherford et al. 2023, https://github.com/FLAIROx/JaxMARL) re-im
 allies controlled by the learner fight a heuristic enemy. Its numbers (win rates, returns) are NOT comparable to real
 SMAC on StarCraft II: unit stats, physics, map and enemy AI differ. Say so wherever SMAX results are shown.
 
-How this adapter uses it (jaxmarl 0.2.0, REFERENCE.md 6):
+How this adapter uses it (jaxmarl 0.2.0; docs/tasks.md, "SMAX"):
 - ``HeuristicEnemySMAX(scenario=map_name_to_scenario(name))`` (what ``jaxmarl.make("HeuristicEnemySMAX", ...)``
   builds; only jaxmarl's SMAX modules are imported, see envs.smax_jax._LazyPackage); B copies under ``jax.vmap``.
 - The env's ``step_env`` (no auto-reset), then finished envs are reset here, inside the same jitted call, with

@@ -39,9 +39,9 @@ ArraySpecs = Mapping[str, tuple[tuple[int, ...], type]]
 # Both sides
 # ---------------------------------------------------------------------------------------------------------------------
 
-def chunk_sizes(num_envs: int, workers: int) -> list[tuple[int, int]]:
+def worker_chunks(num_envs: int, workers: int) -> list[tuple[int, int]]:
     """(first copy, number of copies) per worker: contiguous chunks whose sizes differ by at most one, the larger
-    ones first; e.g. chunk_sizes(5, 2) == [(0, 3), (3, 2)]."""
+    ones first; e.g. worker_chunks(5, 2) == [(0, 3), (3, 2)]."""
     base, extra = divmod(num_envs, workers)
     sizes = [base + (w < extra) for w in range(workers)]
     return [(sum(sizes[:w]), sizes[w]) for w in range(workers)]

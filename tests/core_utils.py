@@ -1,4 +1,5 @@
-"""Shared helpers for the tests of the algorithm package (commformer/): tiny configs, small agents, CSV reading.
+"""Shared helpers of the tests: tiny configs, small agents, CSV reading (commformer/), and the check of a Step against
+the env contract (envs/).
 
 Shapes: B batch, N agents, O obs width, A actions.
 """
@@ -17,6 +18,7 @@ from commformer.config import AlgoConfig, Config, load_config
 from commformer.method.graph import CommGraph
 from commformer.method.model import CommFormer, ModelShape
 from commformer.method.policy import Agent
+from envs.core import EPISODE_KEYS, EnvSpec, Step
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -127,3 +129,25 @@ def state_equal(a: Any, b: Any) -> bool:
         return (isinstance(b, (list, tuple)) and len(a) == len(b)
                 and all(state_equal(x, y) for x, y in zip(a, b)))
     return a == b
+
+
+def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
+    """Assert that a Step of an env matches the contract of envs.core (shapes and dtypes, the episode keys, at least
+    one available action per agent)."""
+    B, N, O, S, A = num_envs, spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions
+    want = {
+        "obs": ((B, N, O), torch.float32), "state": ((B, S), torch.float32),
+        "avail_actions": ((B, N, A), torch.bool), "reward": ((B, N), torch.float32),
+        "terminated": ((B,), torch.bool), "truncated": ((B,), torch.bool),
+        "alive": ((B, N), torch.bool), "active": ((B, N), torch.bool),
+        "final_obs": ((B, N, O), torch.float32), "final_state": ((B, S), torch.float32),
+        "final_alive": ((B, N), torch.bool),
+    }
+    for name, (shape, dtype) in want.items():
+        t = getattr(step, name)
+        assert tuple(t.shape) == shape and t.dtype == dtype, (
+            f"Step.{name}: expected {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
+    for key in EPISODE_KEYS + spec.task_metrics:
+        assert key in step.episode, f"Step.episode lacks {key!r} (has {sorted(step.episode)})"
+        assert tuple(step.episode[key].shape) == (B,), f"Step.episode[{key!r}]: expected ({B},)"
+    assert bool(step.avail_actions.any(-1).all()), "every agent needs at least one available action"

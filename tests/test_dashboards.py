@@ -19,7 +19,7 @@ from wandb_records import isolate_wandb, of_type, offline_runs, wandb_env, wandb
 
 from commformer.config import AlgoConfig, Config, LoggerConfig, field_docs
 from commformer.training.checkpoint import load_checkpoint
-from commformer.training.logger import sweep_group
+from commformer.training.sweep_naming import sweep_group
 from commformer.training.trainer import Trainer
 
 TRAIN = ROOT / "scripts" / "train.py"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from core_utils import check_step
 
-from envs.core import check_step, random_available
+from envs.core import random_available
 from envs.registry import make_env
 
 CONF_ENV = Path(__file__).resolve().parent.parent / "conf" / "env"

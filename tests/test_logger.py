@@ -4,6 +4,7 @@ import importlib.util
 import logging
 import re
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from core_utils import read_csv
 from wandb_records import isolate_wandb, of_type, offline_runs, wandb_records
 
 from commformer.config import LoggerConfig
-from commformer.training.logger import CsvWriter, Logger, RunContext, run_context, run_tags, sweep_group, unreachable
+from commformer.training.csv_sink import CsvWriter
+from commformer.training.logger import Logger
+from commformer.training.sweep_naming import RunContext, run_context, sweep_group
+from commformer.training.wandb_sink import run_tags, unreachable
 from commformer.training.media import graph_media
 
 
@@ -124,6 +128,37 @@ def test_media_become_wandb_images_only_with_logger_media(tmp_path, monkeypatch,
         assert len(pngs) == 3 and item["env_steps"] == 16
     else:
         assert not any(k.startswith("media/") for k in item) and not pngs
+
+
+def test_media_without_pillow_are_skipped_without_a_warning(tmp_path, monkeypatch, caplog):
+    """A fresh install has no Pillow (wandb.Image needs it): logger.media then records no images and says so at
+    debug level only; the row itself is logged and figures are still closed."""
+    pytest.importorskip("wandb")
+    isolate_wandb(monkeypatch, tmp_path / "wandb_home")
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` raises ImportError
+    with caplog.at_level(logging.DEBUG, logger="commformer"):
+        logger = Logger(quiet(wandb="offline", project="commformer-tests", media=True), tmp_path, {}, 100, "run")
+        assert not logger.wants_media
+        logger.log({"iteration": 1, "env_steps": 16, "eval/return": 1.0},
+                   media={"media/array": np.zeros((4, 6, 3), dtype=np.uint8)})
+        logger.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert any(r.levelno == logging.DEBUG and "PIL" in r.getMessage() for r in caplog.records)
+    (run,) = offline_runs(tmp_path)
+    (item,) = [h["item"] for h in of_type(wandb_records(run), "history")]
+    assert item["eval/return"] == 1.0 and not any(k.startswith("media/") for k in item)
+
+
+def test_a_value_wandb_cannot_picture_still_warns(caplog):
+    """Failures other than a missing Pillow keep their warning, and end the pictures of the run."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("PIL")
+    from commformer.training.wandb_sink import wandb_images
+
+    with caplog.at_level(logging.WARNING, logger="commformer"):
+        images, still_works = wandb_images({"media/bad": object(), "media/ok": np.zeros((2, 2, 3), np.uint8)})
+    assert images == {} and not still_works
+    assert "no more images this run (media/bad" in caplog.text
 
 
 def test_graph_images_without_matplotlib_are_plain_arrays():

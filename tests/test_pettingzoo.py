@@ -11,12 +11,13 @@ import pytest
 import torch
 from mpe2 import simple_speaker_listener_v4, simple_spread_v3
 from omegaconf import OmegaConf
+from core_utils import check_step
 from pettingzoo.utils.env import ParallelEnv
 
-from envs.core import STEP_TENSORS, check_step, random_available
+from envs.core import STEP_TENSORS, random_available
 from envs.pettingzoo import PettingZooVecEnv
 from envs.registry import make_env
-from envs.workers import chunk_sizes
+from envs.workers import worker_chunks
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "env"
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -237,8 +238,8 @@ def test_leaving_env_is_a_valid_parallel_env():
 # Worker processes
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_chunk_sizes():
-    assert chunk_sizes(5, 2) == [(0, 3), (3, 2)] and chunk_sizes(4, 4) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+def test_worker_chunks():
+    assert worker_chunks(5, 2) == [(0, 3), (3, 2)] and worker_chunks(4, 4) == [(0, 1), (1, 1), (2, 1), (3, 1)]
 
 
 @pytest.mark.parametrize("factory,kwargs", [(LISTENER, MPE), (LEAVING, {"leave_at": 3, "end_at": 7})],

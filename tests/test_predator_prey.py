@@ -5,12 +5,14 @@ exactly the same transition.
 """
 import pytest
 import torch
+from core_utils import check_step
 
 from envs import predator_prey
-from envs.core import check_step, random_available
+from envs.core import random_available
 from envs.predator_prey import (
-    CAPTURE, DOWN, LEFT, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey, RecycledBuffers,
+    CAPTURE, DOWN, LEFT, RIGHT, STAY, UP, PredatorCapturePrey, PredatorPrey,
 )
+from envs.recycled_buffers import RecycledBuffers
 
 BATCHES = [1, 64]
 P = -0.05  # the step penalty of an agent not done

@@ -120,7 +120,7 @@ def test_mpe_frame_has_edges_at_the_agents_pixels():
     """simple_spread through the PettingZoo adapter: mpe2's own frame is agent-coloured at mpe_agent_pixels'
     centres, and the 0 -> 1 edge crosses the midpoint between agents 0 and 1 (nothing orange without a graph)."""
     pytest.importorskip("mpe2")
-    from envs.registry import make_render_env
+    from envs.render_adapters import make_render_env
 
     cfg = {"name": "mpe", "family": "pettingzoo", "factory": "mpe2.simple_spread_v3:parallel_env",
            "kwargs": {"N": 3, "continuous_actions": False, "max_cycles": 25}, "episode_limit": 25}
@@ -147,7 +147,7 @@ def test_smax_frame_draws_edges_between_live_allies():
     """SMAX 3m through jaxmarl's own drawing (SMAX.init_render): orange appears with an edge between two live
     allies and not without a graph (the legend strip aside)."""
     pytest.importorskip("jaxmarl")
-    from envs.registry import make_render_env
+    from envs.render_adapters import make_render_env
 
     env = make_render_env({"name": "smax", "family": "smax", "scenario": "3m"})
     try:

@@ -13,7 +13,7 @@ from commformer.analysis import reevaluate
 from commformer.config import load_config
 from commformer.analysis.reevaluate import EVAL_CSV_FIELDS, chunk_sizes, evaluate_main, resolve_choices
 from commformer.analysis.report import aggregate_rows, config_differences, report_main
-from commformer.analysis.runs import final_value
+from commformer.analysis.runs import final_row
 from commformer.analysis.stats import bootstrap_ci, iqm, wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,11 +214,11 @@ def runs_root(tmp_path):
     return root
 
 
-def test_final_value_is_the_last_row_with_the_metric():
+def test_final_row_is_the_last_row_with_the_metric():
     rows = [{"env_steps": "100", "eval/success": "0.1"}, {"env_steps": "200", "eval/success": ""},
             {"env_steps": "300", "eval/success": "0.7"}, {"env_steps": "400", "eval/success": "nan"}]
-    assert final_value(rows, "eval/success") == (0.7, 300)
-    assert final_value(rows, "eval/won") is None
+    assert final_row(rows, "eval/success") is rows[2]
+    assert final_row(rows, "eval/won") is None
 
 
 def test_report_exact_iqm_and_mean_per_group(runs_root, tmp_path, capsys):

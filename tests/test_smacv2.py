@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from core_utils import check_step
 
-from envs.core import EnvUnavailableError, check_step, plain, random_available
+from envs.core import EnvUnavailableError, plain, random_available
 from envs.registry import META_KEYS, make_env
 from envs.smacv2 import SMACv2VecEnv
 from envs.smacv2_convert import (
@@ -33,7 +34,7 @@ from envs.smacv2_convert import (
 )
 from envs.smacv2_games import SMACv2GameFactory, reseed_generators, worker_main
 from envs.smacv2_install import check_sc2_install
-from envs.workers import chunk_sizes
+from envs.workers import worker_chunks
 import envs.smacv2 as smacv2_module
 import envs.smacv2_convert as smacv2_convert
 import envs.smacv2_games as smacv2_games
@@ -241,9 +242,9 @@ def test_reseed_generators_makes_capability_draws_repeatable():
     assert a.generate() != a.inner.generate(), "nested generators must get different streams"
 
 
-def test_chunk_sizes_split_games_contiguously():
-    assert chunk_sizes(5, 2) == [(0, 3), (3, 2)]
-    assert chunk_sizes(4, 4) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+def test_worker_chunks_split_games_contiguously():
+    assert worker_chunks(5, 2) == [(0, 3), (3, 2)]
+    assert worker_chunks(4, 4) == [(0, 1), (1, 1), (2, 1), (3, 1)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

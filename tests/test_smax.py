@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from core_utils import check_step
 
 from envs import smax
-from envs.core import check_step, random_available
+from envs.core import random_available
 from envs.registry import make_env
 
 with contextlib.suppress(ImportError):

@@ -17,7 +17,7 @@ from commformer.analysis.report import report_main
 from commformer.analysis.stats import (bootstrap_ci, iqm, probability_of_improvement, probability_of_improvement_ci,
                                        wilson_interval)
 from commformer.compose import _compose, expand_sweep, sweeper_params, with_params
-from commformer.training.logger import swept_keys
+from commformer.training.sweep_naming import swept_keys
 
 TRAIN = ROOT / "scripts" / "train.py"
 

@@ -22,7 +22,9 @@ import yaml
 
 from commformer.analysis.compare import PRESETS, compare_main
 from commformer.analysis.tables import md_table
-from commformer.errors import guarded, positive_int, script_logging
+from commformer.cli_args import positive_int
+from commformer.errors import guarded
+from commformer.log_setup import script_logging
 from envs.core import random_available
 from envs.registry import family_unavailable, make_env
 

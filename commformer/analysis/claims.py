@@ -1,5 +1,5 @@
-"""CommFormer's claims (C1-C4, README "The claims, measured") decided from the studies' run folders, in one command:
-`python scripts/claims.py [--studies runs/studies] [--out docs/results/claims.md]`.
+"""CommFormer's claims (C1-C4, docs/results.md, "The claims, measured") decided from the studies' run folders, in one
+command: `python scripts/claims.py [--studies runs/studies] [--out docs/results/claims.md]`.
 
 Each study's latest sweep folder (runs/studies/<study>/<date>_<time>) is read with the report protocol
 (commformer.analysis.protocol: groups by every differing key, one run per seed, each run's final evaluation, IQM
@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 from commformer.analysis.protocol import compare, group_runs, summarise_group
 from commformer.analysis.report import read_runs
 from commformer.analysis.tables import write_text
-from commformer.errors import UsageError, guarded, script_logging
+from commformer.errors import UsageError, guarded
+from commformer.log_setup import script_logging
 
 # the studies of conf/study/ that the claims read, with what each measures
 C1C3 = ("c1c3_pcp", "c1c3_pp_easy")

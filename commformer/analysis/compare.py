@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 from commformer.analysis.process_tree import TreeMemorySampler, process_memory_kb, tree_pids  # noqa: F401 (re-exported)
 from commformer.analysis.tables import md_table
 from commformer.errors import UsageError
+from commformer.overrides import override_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,11 +58,6 @@ COMMON = ["logger=quiet", "torch_threads=1"]
 
 
 # ---- pure parts: overrides, ratios, table ---------------------------------------------------------------------------
-
-def override_key(item: str) -> str:
-    """The key of a Hydra override: 'algo.clip=0.05' -> 'algo.clip' (a leading +, ++ or ~ is dropped)."""
-    return item.split("=", 1)[0].lstrip("+~")
-
 
 def merge_overrides(*groups: Sequence[str]) -> list[str]:
     """Concatenate override lists; a later value of the same key replaces the earlier one in place."""

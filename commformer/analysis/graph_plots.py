@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from commformer.analysis.plots import require_matplotlib
-from commformer.errors import UsageError, guarded, script_logging
+from commformer.errors import UsageError, guarded
+from commformer.log_setup import script_logging
 from commformer.training.graph_history import read_history
 
 log = logging.getLogger("commformer")

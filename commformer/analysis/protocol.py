@@ -1,7 +1,7 @@
-"""The field's evaluation protocol over run folders (REFERENCE.md 7; Agarwal et al. 2021, "Deep RL at the Edge of the
-Statistical Precipice"; marl-eval, Gorsane et al. 2022): which runs form one group, one number per run, the IQM over
-runs with a 95% stratified bootstrap interval, curves on a common env-step grid, and the probability of improvement
-between two groups of one task.
+"""The field's evaluation protocol over run folders (docs/studies.md, "Evaluation protocol"; Agarwal et al. 2021,
+"Deep RL at the Edge of the Statistical Precipice"; marl-eval, Gorsane et al. 2022): which runs form one group, one
+number per run, the IQM over runs with a 95% stratified bootstrap interval, curves on a common env-step grid, and the
+probability of improvement between two groups of one task.
 
 - Groups: runs whose configs agree on every key except the per-run ones (RUN_ONLY_KEYS, and keys pooled with
   --merge). A group's label is its algo preset plus the keys that set it apart from the other groups of its env and
@@ -29,7 +29,7 @@ from envs.registry import family_note
 
 log = logging.getLogger("commformer")
 
-# groups with fewer runs than this are flagged (REFERENCE.md 7: >= 5 seeds, 10 preferred)
+# groups with fewer runs than this are flagged (docs/studies.md, "Evaluation protocol": >= 5 seeds, 10 preferred)
 MIN_SEEDS = 5
 # the default metric is the first of these that a group's runs log
 METRIC_PREFERENCE = ("eval/success", "eval/won", "eval/return")

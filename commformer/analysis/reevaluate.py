@@ -1,7 +1,8 @@
-"""Checkpoint re-evaluation (`scripts/evaluate.py`): the field's "absolute" protocol (REFERENCE.md 7: 10x the
-training evaluation's episodes, argmax actions, a fresh seed). Per-episode returns and steps are summarised by their
-mean and IQM, each with a 95% percentile bootstrap interval over episodes; a 0/1 outcome (success, won) by its rate
-with a 95% Wilson score interval (an IQM of 0/1 outcomes is 0 or 1 and says nothing; DESIGN.md, evaluation protocol).
+"""Checkpoint re-evaluation (`scripts/evaluate.py`): the field's "absolute" protocol (docs/studies.md, "Evaluation
+protocol": 10x the training evaluation's episodes, argmax actions, a fresh seed). Per-episode returns and steps are
+summarised by their mean and IQM, each with a 95% percentile bootstrap interval over episodes; a 0/1 outcome (success,
+won) by its rate with a 95% Wilson score interval (an IQM of 0/1 outcomes is 0 or 1 and says nothing; the same
+section).
 
 Tables and files are the product of this command and go to stdout / --out; diagnostics go through logging.
 """
@@ -21,13 +22,19 @@ import torch
 
 from commformer.analysis import stats
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_ci
-from commformer.errors import UsageError, guarded, positive_int, script_logging
+from commformer.cli_args import positive_int
+from commformer.errors import UsageError, guarded
+from commformer.log_setup import script_logging
+from commformer.method.policy import Acting
+from commformer.policies import build_policy
 from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, non_finite
+from commformer.training.graph_history import choice_name
 from envs.registry import family_note
 
 log = logging.getLogger("commformer")
 
-# the field's "absolute" score uses this many times the training evaluation's episodes (REFERENCE.md 7)
+# the field's "absolute" score uses this many times the training evaluation's episodes (docs/studies.md,
+# "Evaluation protocol")
 ABSOLUTE_FACTOR = 10
 # at most this many env copies at once (evaluate() runs one episode per copy)
 MAX_CHUNK = 1000
@@ -86,13 +93,16 @@ def default_seed(train_seed: int) -> int:
     return train_seed + EVALUATE_SEED_OFFSET
 
 
-def resolve_choices(graph: str, gate: str, cfg, iteration: int) -> tuple[str, str]:
-    """(graph_how, gate_how) for policy.Agent.act; 'auto' follows the trainer's evaluation at `iteration`."""
-    from commformer.method.policy import gate_choice, graph_choice
-    from commformer.training.bilevel import choices, phase
-
-    auto_graph, auto_gate = choices(phase(max(iteration - 1, 0), cfg.iterations, cfg.algo), evaluating=True)
-    return (auto_graph if graph == "auto" else graph_choice(graph), auto_gate if gate == "auto" else gate_choice(gate))
+def resolve_choices(policy, graph: str, gate: str, cfg, iteration: int):
+    """The acting choices (Policy.acting) of an evaluation; 'auto' follows the trainer's evaluation at `iteration`.
+    An explicit graph or gate choice applies to CommFormer's policies (their Acting) only."""
+    auto = policy.acting(policy.phase(max(iteration - 1, 0), cfg.iterations), True)
+    if graph == "auto" and gate == "auto":
+        return auto
+    if not isinstance(auto, Acting):
+        raise UsageError(f"--graph {graph} / --gate {gate}: algo.policy={cfg.algo.policy!r} has no graph or gate "
+                         "choices; allowed: auto")
+    return Acting.of(auto.graph if graph == "auto" else graph, auto.gate if gate == "auto" else gate)
 
 
 def parse_device(text: str) -> torch.device:
@@ -163,7 +173,7 @@ def load_run(arg: str | Path) -> LoadedRun:
         if key not in state:
             raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry; expected a file written by "
                                   "commformer's trainer")
-    bad = non_finite({"model": state["model"], "graph": state["graph"]})
+    bad = non_finite(state["policy"])
     if bad is not None:
         raise CheckpointError(f"checkpoint {str(path)!r}: {bad} is not finite (the run diverged); refusing to "
                               "evaluate it")
@@ -175,14 +185,11 @@ def load_run(arg: str | Path) -> LoadedRun:
     return LoadedRun(path, cfg, state)
 
 
-def build_eval_agent(run: LoadedRun, spec, device: torch.device):
-    """The run's agent with the checkpoint's weights, in eval mode."""
-    from commformer.training.trainer import build_agent
-
-    agent = build_agent(run.cfg, spec.n_agents, spec.obs_dim, spec.n_actions, device)
+def build_eval_policy(run: LoadedRun, spec, device: torch.device):
+    """The run's policy with the checkpoint's weights, in eval mode."""
+    agent = build_policy(run.cfg.algo, spec, run.cfg.seed, device)
     try:
-        agent.model.load_state_dict(run.state["model"])
-        agent.graph.load_state_dict(run.state["graph"])
+        agent.load_state_dict(run.state["policy"])
     except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).splitlines()[0][:200]
         raise CheckpointError(f"checkpoint {str(run.path)!r} does not match the model of its own config "
@@ -233,10 +240,9 @@ def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device:
     if seed == cfg.seed + EVAL_SEED_OFFSET:
         log.warning("--seed=%d is the seed training evaluated on: these are its evaluation episodes again, "
                     "not fresh ones", seed)
-    graph_how, gate_how = resolve_choices(graph, gate, cfg, run.iteration)
     sizes = chunk_sizes(episodes, max_chunk or MAX_CHUNK)
     envs: dict[int, EpisodeRecorder] = {}
-    agent = None
+    how = None
     values: dict[str, list[np.ndarray]] = {}
     messages = weight = 0.0
     try:
@@ -244,11 +250,12 @@ def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device:
             if size not in envs:
                 envs[size] = EpisodeRecorder(make_env(cfg.env, size, device))
             env = envs[size]
-            if agent is None:
-                agent = build_eval_agent(run, env.spec, device)
+            if how is None:
+                policy = build_eval_policy(run, env.spec, device)
+                how = resolve_choices(policy, graph, gate, cfg, run.iteration)
             log.info("%s: chunk %d/%d, %d episodes, seed %d", run.path, i + 1, len(sizes), size, seed + i)
             torch.manual_seed(seed + i)
-            out = evaluate(agent, env, seed + i, device, graph_how, gate_how)
+            out = evaluate(policy, env, seed + i, device, how)
             for key, v in env.episodes.items():
                 values.setdefault(episode_metric_name(key), []).append(v)
             lengths = float(env.episodes["length"].sum())
@@ -262,8 +269,8 @@ def evaluate_run(run: LoadedRun, episodes: int | None, seed: int | None, device:
     return {
         "checkpoint": str(run.path), "env": cfg.env["name"], "family": cfg.env["family"], "algo": cfg.algo.name,
         "train_seed": cfg.seed, "iteration": run.iteration, "env_steps": run.env_steps,
-        "eval_seed": seed, "episodes": episodes, "chunks": sizes, "graph": graph_how.value, "gate": gate_how.value,
-        "gated": bool(cfg.algo.gate),
+        "eval_seed": seed, "episodes": episodes, "chunks": sizes, "graph": choice_name(how),
+        "gate": str(getattr(getattr(how, "gate", "none"), "value", "none")), "gated": bool(getattr(cfg.algo, "gate", False)),
         "messages_per_step": messages / max(weight, 1.0), "n_boot": n_boot, "confidence": CONFIDENCE,
         "metrics": metrics, "per_episode": {k: per_episode[k].tolist() for k in metrics},
     }
@@ -366,11 +373,6 @@ def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.out is not None:
         log.info("wrote %s", write_results(results, args.out))
     return results
-
-
-def script_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    log.setLevel(logging.INFO)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

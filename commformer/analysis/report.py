@@ -23,7 +23,9 @@ from commformer.analysis.protocol import (GRID_POINTS, MESSAGES, METRIC_PREFEREN
                                           group_curves, group_runs, pick_metric, summarise_group)
 from commformer.analysis.runs import find_run_dirs, read_run
 from commformer.analysis.tables import N_BOOT, write_text
-from commformer.errors import UsageError, guarded, positive_int, script_logging
+from commformer.cli_args import positive_int
+from commformer.errors import UsageError, guarded
+from commformer.log_setup import script_logging
 
 log = logging.getLogger("commformer")
 

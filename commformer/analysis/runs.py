@@ -108,15 +108,6 @@ def final_row(rows: Sequence[Mapping[str, str]], metric: str) -> Mapping[str, st
     return None
 
 
-def final_value(rows: Sequence[Mapping[str, str]], metric: str) -> tuple[float, int] | None:
-    """(value, env_steps) of the last row that has the metric; None when no row has it."""
-    row = final_row(rows, metric)
-    if row is None:
-        return None
-    steps = number(row.get("env_steps"))
-    return number(row.get(metric)), int(steps) if steps is not None else -1  # type: ignore[return-value]
-
-
 def curve(rows: Sequence[Mapping[str, str]], metric: str) -> list[tuple[int, float]]:
     """[(env_steps, value)] of every row that has the metric (the run's evaluations), in increasing env steps; a
     step logged twice (e.g. around a resume) keeps its last value."""

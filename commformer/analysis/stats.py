@@ -2,9 +2,10 @@
 probability of improvement between two sets of runs, performance profiles, and binomial (Wilson) intervals for
 success rates.
 
-The field's protocol (REFERENCE.md 7; Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice", and
-marl-eval) reports the interquartile mean (IQM) of the per-run scores with a 95% stratified percentile bootstrap
-interval over runs. Pure numpy; every random draw comes from a numpy Generator seeded by the caller.
+The field's protocol (docs/studies.md, "Evaluation protocol"; Agarwal et al. 2021, "Deep RL at the Edge of the
+Statistical Precipice", and marl-eval) reports the interquartile mean (IQM) of the per-run scores with a 95%
+stratified percentile bootstrap interval over runs. Pure numpy; every random draw comes from a numpy Generator seeded
+by the caller.
 
 IQM boundary convention: sort the n values and drop floor(n / 4) from each end, then average what is left (the
 convention of scipy.stats.trim_mean(x, 0.25), which rliable and marl-eval use). For n divisible by 4 that is exactly

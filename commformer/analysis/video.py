@@ -1,8 +1,8 @@
 """Evaluation episodes of a checkpoint as a video (`scripts/evaluate.py RUN --video out.gif`).
 
-One env copy that draws its frames (envs.registry.make_render_env: the Predator-Prey family, MPE and other PettingZoo
-envs, SMAX) plays `episodes` episodes with argmax actions and the evaluation's graph and gate (the --graph / --gate
-choices of scripts/evaluate.py). Before each step the frame of the current state is drawn with that step's
+One env copy that draws its frames (envs.render_adapters.make_render_env: the Predator-Prey family, MPE and other
+PettingZoo envs, SMAX) plays `episodes` episodes with argmax actions and the evaluation's graph and gate (the --graph
+/ --gate choices of scripts/evaluate.py). Before each step the frame of the current state is drawn with that step's
 communication edges (sender -> receiver arrows) and closed gates, under a caption line (episode, step, messages).
 GIF through imageio (the [plot] extra); .mp4 needs imageio's ffmpeg plugin (pip install imageio-ffmpeg).
 """
@@ -15,8 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from commformer.errors import MissingExtraError, UsageError
-from commformer.method.graph import messages_per_step
+from commformer.errors import MissingExtraError, UsageError, UserError
 
 log = logging.getLogger("commformer")
 
@@ -67,29 +66,31 @@ def record_episodes(run: Any, device: torch.device, graph: str = "auto", gate: s
     """Play `episodes` episodes of checkpoint `run` (a reevaluate.LoadedRun) on one env copy reset with `seed`
     (default: reevaluate's default seed); returns (frames, each [H,W,3] uint8, one per step; per-episode stats:
     return, length and task metrics)."""
-    from commformer.analysis.reevaluate import build_eval_agent, default_seed, resolve_choices
-    from envs.registry import make_render_env  # envs' renderers: one declared method, render_frame
+    from commformer.analysis.reevaluate import build_eval_policy, default_seed, resolve_choices
+    from envs.render_adapters import make_render_env  # envs' renderers: one declared method, render_frame
 
     cfg = run.cfg
     seed = default_seed(cfg.seed) if seed is None else seed
-    graph_how, gate_how = resolve_choices(graph, gate, cfg, run.iteration)
     env = make_render_env(cfg.env, device)
     frames: list[np.ndarray] = []
     stats: list[dict[str, float]] = []
     try:
-        agent = build_eval_agent(run, env.spec, device)
+        policy = build_eval_policy(run, env.spec, device)
+        how = resolve_choices(policy, graph, gate, cfg, run.iteration)
+        carry = policy.initial_carry(1)
         torch.manual_seed(seed)  # only --graph sample / --gate sample draw from it
         step = env.reset(seed=seed).to(device)
         t = 0
         limit = episodes * (env.spec.episode_limit + 1)
         for _ in range(limit):
-            out = agent.act(step.obs, step.avail_actions, step.alive, graph_how, gate_how, None, deterministic=True)
+            out = policy.act(step.obs, step.avail_actions, step.alive, how, None, deterministic=True, carry=carry)
             gate_row = None if out.gate is None else out.gate[0]
-            frame = env.render_frame(0, out.graph[0], gate_row)
-            msgs = float(messages_per_step(out.graph, step.alive, out.gate)[0])
+            frame = env.render_frame(0, None if out.graph is None else out.graph[0], gate_row)
+            msgs = float(out.messages[0])
             frames.append(with_caption(frame, f"episode {len(stats) + 1}/{episodes}  step {t}  "
                                               f"messages {msgs:.0f}  ({cfg.env['name']}, iteration {run.iteration})"))
             step = env.step(out.actions.to(env.device)).to(device)
+            carry = policy.reset_carry(out.carry, step.done)
             t += 1
             if bool(step.done[0]):
                 stats.append({k: float(v[0]) for k, v in step.episode.items()})
@@ -136,3 +137,18 @@ def video_main(run: Any, path: str | Path, device: torch.device, graph: str, gat
         log.info("video episode %d: %s", i, ", ".join(f"{k} {v:.4g}" for k, v in s.items()))
     log.info("wrote %s (%d frames)", out, len(frames))
     return out
+
+
+def log_final_video(trainer: Any) -> None:
+    """logger.video: one evaluation episode of a Trainer's final checkpoint, drawn by the env's renderer, into
+    videos/final.gif and logged as a wandb video; a warning instead where the env does not draw or the [plot] extra
+    is missing."""
+    from commformer.analysis.reevaluate import load_run
+
+    try:
+        frames, _ = record_episodes(load_run(trainer.run_dir), trainer.device, episodes=1)
+        path = write_video(frames, trainer.run_dir / "videos" / "final.gif", FPS)
+    except (UserError, ValueError, ImportError) as e:
+        log.warning("logger.video: no video (%s)", (str(e).splitlines() or [type(e).__name__])[0])
+        return
+    trainer.logger.video(path)

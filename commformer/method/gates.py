@@ -1,4 +1,4 @@
-"""TemporalGate: per agent and step, whether to receive shared information (REFERENCE.md 5; our design).
+"""TemporalGate: per agent and step, whether to receive shared information (docs/method.md, "Temporal gate"; our design).
 
 The journal extension publishes no equations for the gate; this is ours. p_i,t = sigmoid(MLP(h_i,t)) from the agent's
 pre-attention embedding, its logit bounded softly (bounded_logit), bias initialised so p starts at `init_p` (open). Rollouts sample g ~ Bernoulli(p) and
@@ -52,9 +52,3 @@ def straight_through_gate(hard: Tensor, p: Tensor) -> Tensor:
     """hard - stopgrad(p) + p: the stored decision in value (exactly: subtracting first keeps 1 - p + p == 1 in
     floating point, where 1 + p - p may not be), p's gradient. hard [B,N] bool, p [B,N] -> f32."""
     return hard.to(p.dtype) - p.detach() + p
-
-
-def gate_cost(p: Tensor, alive: Tensor) -> Tensor:
-    """Mean of p over alive agents (scalar); p [...,N] f32, alive [...,N] bool."""
-    w = alive.to(p.dtype)
-    return (p * w).sum() / w.sum().clamp_min(1.0)

@@ -1,4 +1,4 @@
-"""The communication graph: who each receiver listens to (REFERENCE.md 1).
+"""The communication graph: who each receiver listens to (docs/method.md, "Communication graph").
 
 alpha [N,N]: row i holds receiver i's scores over senders j. Receivers choose among OTHER agents only:
 k = min(max(floor(S*N), 1), N-1) senders per row; the self-loop is always on and is not one of the k.
@@ -10,8 +10,6 @@ forward pass equals the acting graph while the gradient reaches alpha. Evaluatio
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-
 import torch
 from torch import Tensor, nn
 
@@ -34,12 +32,6 @@ def fill_diagonal(x: Tensor, value: float) -> Tensor:
     """x [...,N,N] with its diagonal set to `value`, in place (x must be a fresh tensor); returns x."""
     x.diagonal(dim1=-2, dim2=-1).fill_(value)
     return x
-
-
-@lru_cache(maxsize=32)
-def _earlier(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """[N,N]: 1 where j < i (read-only, cached)."""
-    return torch.ones(n, n, device=device, dtype=dtype).tril(-1)
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -137,25 +129,26 @@ class CommGraph(nn.Module):
 
 
 def receive_mask(adjacency: Tensor, alive: Tensor) -> Tensor:
-    """M [B,N,N] f32 (receiver i, sender j): A_ij * alive_j off the diagonal, 1 on it (REFERENCE.md 2).
+    """M [B,N,N] f32 (receiver i, sender j): A_ij * alive_j off the diagonal, 1 on it.
 
     adjacency [B,N,N] f32 (may carry alpha's gradient) | alive [B,N] bool."""
     return fill_diagonal(adjacency * alive[:, None, :].to(adjacency.dtype), 1.0)
 
 
 def decoder_mask(mask: Tensor) -> Tensor:
-    """D [B,N,N] f32 over (agent i, stream position p) from M [B,N,N] (REFERENCE.md 2).
+    """D [B,N,N] f32 over (agent i, stream position p) from M [B,N,N] (docs/method.md, "Decoder").
 
     Position 0 holds the start token, position p >= 1 the action of agent p-1.
     D[i, 0] = 1; D[i, p] = M[i, p-1] if p-1 < i else 0: agent i sees earlier agents' actions it receives from."""
     n = mask.shape[-1]
-    seen = (mask * _earlier(n, mask.device, mask.dtype))[..., : n - 1]
+    earlier = torch.ones(n, n, device=mask.device, dtype=mask.dtype).tril(-1)  # 1 where j < i
+    seen = (mask * earlier)[..., : n - 1]
     start = torch.ones(mask.shape[:-1] + (1,), device=mask.device, dtype=mask.dtype)
     return torch.cat([start, seen], dim=-1)
 
 
 def messages_per_step(hard: Tensor, alive: Tensor, gate: Tensor | None = None) -> Tensor:
-    """[B] f32: sum over receivers i of g_i * |{j != i : A_ij = 1, j alive}| (REFERENCE.md 5).
+    """[B] f32: sum over receivers i of g_i * |{j != i : A_ij = 1, j alive}| (docs/method.md, "Temporal gate").
 
     hard [B,N,N] bool | alive [B,N] bool | gate [B,N] (0/1) or None (always open)."""
     per_receiver = (hard & alive[:, None, :]).sum(-1).float()

@@ -1,31 +1,36 @@
-"""The acting agent: the CommFormer network plus its communication graph, in the three ways a run uses them.
+"""The CommFormer policy: the network, its communication graph and the bi-level schedule, behind the trainer's
+policy protocol (commformer/protocol.py). This is the readable reference; commformer/fast/ computes the same
+functions faster (algo.backend=fast).
 
-- act():     rollouts and evaluation; draws (or fixes) the graph and gate, decodes actions autoregressively.
-- value():   V of given observations under a given acting graph (to bootstrap truncated episodes).
-- score():   the update's teacher-forced pass over stored (graph, gate, actions) with gradients to alpha and p.
-Shapes: B batch, N agents, O obs width, A actions.
+- act():   rollouts and evaluation: picks the graph (a Gumbel top-k sample, top-k(alpha), or the full graph in
+           warm-up) and the gate, encodes, decodes actions autoregressively; stores (graph, noise, gate).
+- value(): V of observations under stored decisions (to bootstrap truncated episodes).
+- score(): the update's teacher-forced pass over the stored decisions, the gradient reaching alpha
+           (straight-through, upper-level epochs) and the gate's p.
+Schedule (docs/method.md, "Bi-level schedule"): warm-up on the full graph with open gates, then alpha steps on
+every arch_every-th PPO epoch and the network on the others; optionally frozen after a fraction of training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from commformer.method.acting import ActingWeights
 from commformer.method.gates import sample_gate, straight_through_gate
-from commformer.method.graph import CommGraph, decoder_mask, receive_mask, topk_hot
-from commformer.method.kernels import small_tensor_kernels
-from commformer.method.model import CommFormer, neg_gumbel
+from commformer.method.graph import CommGraph, decoder_mask, messages_per_step, receive_mask
+from commformer.method.model import CommFormer
+from commformer.protocol import ActOut, BILEVEL, FIXED, FROZEN, WARMUP, Scored
+from commformer.tensors import masked_mean
 
 
 class GraphChoice(str, Enum):
     """How act() picks the graph."""
 
     SAMPLE = "sample"  # Gumbel top-k (learned); the fixed graph of the other modes
-    FULL = "full"  # every other agent (warmup)
+    FULL = "full"  # every other agent (warm-up)
     DETERMINISTIC = "deterministic"  # top-k(alpha) without noise (evaluation, after freeze)
 
 
@@ -33,116 +38,130 @@ class GateChoice(str, Enum):
     """How act() picks the gate."""
 
     SAMPLE = "sample"  # Bernoulli(p)
-    OPEN = "open"  # always open (warmup)
+    OPEN = "open"  # always open (warm-up)
     THRESHOLD = "threshold"  # p > 0.5 (evaluation)
 
 
-def graph_choice(value: str | GraphChoice) -> GraphChoice:
-    """The GraphChoice named by `value`; ValueError naming the allowed ones."""
-    try:
-        return GraphChoice(value)
-    except ValueError:
-        raise ValueError(f"graph choice {value!r}; allowed: {[c.value for c in GraphChoice]}") from None
+class Acting(NamedTuple):
+    """CommFormer's "how" of an acting step: the graph and the gate choice."""
+
+    graph: GraphChoice
+    gate: GateChoice
+
+    @staticmethod
+    def of(graph: str | GraphChoice, gate: str | GateChoice) -> "Acting":
+        """Acting from names; ValueError naming the allowed ones."""
+        try:
+            g = GraphChoice(graph)
+        except ValueError:
+            raise ValueError(f"graph choice {graph!r}; allowed: {[c.value for c in GraphChoice]}") from None
+        try:
+            return Acting(g, GateChoice(gate))
+        except ValueError:
+            raise ValueError(f"gate choice {gate!r}; allowed: {[c.value for c in GateChoice]}") from None
 
 
-def gate_choice(value: str | GateChoice) -> GateChoice:
-    """The GateChoice named by `value`; ValueError naming the allowed ones."""
-    try:
-        return GateChoice(value)
-    except ValueError:
-        raise ValueError(f"gate choice {value!r}; allowed: {[c.value for c in GateChoice]}") from None
+def split_sizes(num_envs: int, fraction: float) -> tuple[int, int]:
+    """(upper, lower) env-column counts of bilevel=split: max(1, round(f*B)) held out, at least one left."""
+    n_up = min(max(1, round(fraction * num_envs)), num_envs - 1)
+    return n_up, num_envs - n_up
 
 
-@dataclass
-class ActOut:
-    actions: Tensor  # [B,N] long
-    log_prob: Tensor  # [B,N] f32
-    value: Tensor  # [B,N] f32 (normalised units)
-    graph: Tensor  # [B,N,N] bool, the acting graph (no self-loop)
-    noise: Tensor  # [B,N,N] f32, its Gumbel noise (zeros unless sampled)
-    gate: Optional[Tensor]  # [B,N] bool, or None without a gate
-    gate_prob: Optional[Tensor]  # [B,N] f32, or None
+@dataclass(frozen=True)
+class Schedule:
+    """CommFormer's settings beyond the network (the algo config's keys of the same names)."""
+
+    warmup_iters: int = 10
+    freeze_fraction: float = 1.0
+    arch_every: int = 5
+    bilevel: str = "alternate"
+    split_fraction: float = 0.25
+    comm_cost: float = 0.0
+    decoder_graph_grad: bool = False
 
 
-@dataclass
-class ActingDraws:
-    """The randomness of T acting steps, drawn from the generator in one go and in the order that T calls of act()
-    would draw it (per step: the graph's Gumbel noise, then each agent's sampling noise), so a rollout acting on it
-    makes the same decisions as one drawing step by step. Only where nothing else draws from the generator between
-    steps (no sampled gate: Agent.value draws gates).
+class CommFormerPolicy(nn.Module):
+    """decoder_graph_grad (Schedule): whether the decoder's mask D also carries the graph's gradient (w * D). Off by
+    default: through D the loss measures the effect of a sender's sampled action, which on the signal game pushed
+    alpha away from the one informative sender; the encoder's w * M path carries the gradient either way."""
 
-    hard [T,B,N,N] bool, noise [T,B,N,N] f32: the acting graphs and their noise | action [T,N,B,A] f32: neg_gumbel
-    noise of each agent's action sample."""
-
-    hard: Tensor
-    noise: Tensor
-    action: Tensor
-
-
-@dataclass
-class RolloutPlan:
-    """What stays fixed over one rollout, prepared once by Agent.plan_rollout: the fused acting weights (no optimiser
-    step happens during a rollout) and, where the generator stream allows it, the rollout's randomness.
-
-    weights: ActingWeights, or None for the readable path | draws: ActingDraws, or None (act() draws as it goes)."""
-
-    weights: Optional[ActingWeights]
-    draws: Optional[ActingDraws]
-
-
-class Agent(nn.Module):
-    """decoder_graph_grad: whether the decoder's mask D also carries the graph's gradient (w * D). Off by default:
-    through D the loss measures the effect of a sender's sampled action, which on the signal game pushed alpha away
-    from the one informative sender (README, "Decisions"); the encoder's w * M path carries the gradient either way."""
-
-    def __init__(self, model: CommFormer, graph: CommGraph, decoder_graph_grad: bool = False) -> None:
+    def __init__(self, model: CommFormer, graph: CommGraph, schedule: Schedule = Schedule()) -> None:
         super().__init__()
-        self.model, self.graph = model, graph
-        self.decoder_graph_grad = decoder_graph_grad
-        self._acting: tuple[tuple[tuple[int, int], ...], ActingWeights] | None = None
+        self.model, self.graph, self.schedule = model, graph, schedule
+        self.last_graph: Optional[Tensor] = None  # the deterministic graph after the last update (graph_changes)
 
-    def acting_weights(self) -> ActingWeights | None:
-        """The fused acting weights of the current parameters (cached; rebuilt after any change of a parameter: an
-        optimiser step, load_state_dict, a test's edit), or None where acting takes the readable path (dropout in
-        training mode, which draws fresh masks every call). The check walks every parameter (tens of
-        microseconds): a rollout checks once, in plan_rollout."""
-        if self.model.training and self.model.shape.dropout > 0:
+    # ---- schedule ------------------------------------------------------------------------------------------------
+    @property
+    def upper_level(self) -> bool:
+        return self.graph.learned
+
+    @property
+    def comm_graph(self) -> CommGraph:
+        return self.graph
+
+    def phase(self, iteration: int, total_iterations: int) -> str:
+        """The schedule's phase at a 0-based iteration."""
+        s = self.schedule
+        if not self.graph.learned:
+            return WARMUP if (self.model.gate is not None and iteration < s.warmup_iters) else FIXED
+        if iteration < s.warmup_iters:
+            return WARMUP
+        if s.freeze_fraction < 1.0 and iteration >= s.freeze_fraction * total_iterations:
+            return FROZEN
+        return BILEVEL
+
+    @staticmethod
+    def acting(phase: str, evaluating: bool) -> Acting:
+        """Warm-up: the full graph with open gates. Evaluation: top-k(alpha) (or the fixed graph), gate open when
+        p > 0.5. Rollouts: both sampled, except that a frozen graph acts deterministically."""
+        if phase == WARMUP:
+            return Acting(GraphChoice.FULL, GateChoice.OPEN)
+        if evaluating:
+            return Acting(GraphChoice.DETERMINISTIC, GateChoice.THRESHOLD)
+        if phase == FROZEN:
+            return Acting(GraphChoice.DETERMINISTIC, GateChoice.SAMPLE)
+        return Acting(GraphChoice.SAMPLE, GateChoice.SAMPLE)
+
+    def steps_upper(self, phase: str, epoch: int) -> bool:
+        """Whether PPO epoch `epoch` (0-based) steps alpha (True) or the network (False)."""
+        return phase == BILEVEL and (epoch + 1) % self.schedule.arch_every == 0
+
+    def upper_columns(self, num_envs: int, phase: str) -> Optional[tuple[Tensor, Tensor]]:
+        """bilevel=split in the bi-level phase: (upper, lower) env columns, the last ones held out; else None."""
+        if self.schedule.bilevel != "split" or phase != BILEVEL:
             return None
-        key = tuple((p._version, p.data_ptr()) for p in self.model.parameters())
-        if self._acting is None or self._acting[0] != key:
-            self._acting = (key, ActingWeights.of(self.model))
-        return self._acting[1]
+        if num_envs < 2:  # the config checks this up front; this guards direct callers
+            raise ValueError(f"num_envs={num_envs}; algo.bilevel=split needs >= 2 env columns")
+        n_up, _ = split_sizes(num_envs, self.schedule.split_fraction)
+        cols = torch.arange(num_envs)
+        return cols[num_envs - n_up:], cols[: num_envs - n_up]
 
-    @torch.inference_mode()
-    def plan_rollout(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
-                     generator: torch.Generator | None) -> RolloutPlan:
-        """The RolloutPlan of `steps` act() calls (actions sampled) on `batch` envs."""
-        return RolloutPlan(self.acting_weights(), self._draws(steps, batch, graph_how, gate_how, generator))
+    def param_groups(self) -> tuple[list[dict[str, Any]], list[nn.Parameter]]:
+        """(lower-level groups: the network, then the gate in its own group; upper level: alpha)."""
+        gate = list(self.model.gate.parameters()) if self.model.gate is not None else []
+        gate_ids = {id(p) for p in gate}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in gate_ids], "name": "network"}]
+        if gate:
+            groups.append({"params": gate, "name": "gate"})
+        return groups, list(self.graph.parameters())
 
-    def _draws(self, steps: int, batch: int, graph_how: GraphChoice | str, gate_how: GateChoice | str,
-               generator: torch.Generator | None) -> ActingDraws | None:
-        """ActingDraws of `steps` act() calls on `batch` envs that sample their actions (None where act() must draw
-        as it goes: with a sampled gate, whose draws in value() fall between steps)."""
-        how = graph_choice(graph_how)
-        if self.model.gate is not None and gate_choice(gate_how) is GateChoice.SAMPLE:
-            return None
-        n, a, dev = self.graph.n_agents, self.model.shape.n_actions, self.graph.fixed.device
-        sampled = how is GraphChoice.SAMPLE and self.graph.learned
-        per_graph = batch * n * n if sampled else 0
-        u = torch.rand(steps, per_graph + n * batch * a, generator=generator, device=dev)
-        if sampled:
-            # graph.gumbel's transform, on the uniforms it would draw at each step
-            noise = -torch.log(-torch.log(u[:, :per_graph].clamp_(1e-10, 1.0 - 1e-7))).reshape(steps, batch, n, n)
-            hard = topk_hot(self.graph.alpha.detach() + noise, self.graph.k)
-        else:
-            hard, noise = self.pick_graph(batch, how, None)
-            hard, noise = hard.expand(steps, batch, n, n), noise.expand(steps, batch, n, n)
-        return ActingDraws(hard, noise, neg_gumbel(u[:, per_graph:]).reshape(steps, n, batch, a))
+    # ---- storage and carry ---------------------------------------------------------------------------------------
+    def storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        n = self.graph.n_agents
+        out = {"graph": ((num_envs, n, n), torch.bool), "noise": ((num_envs, n, n), torch.float32)}
+        if self.model.gate is not None:
+            out["gate"] = ((num_envs, n), torch.bool)
+        return out
 
-    def pick_graph(self, batch: int, how: GraphChoice | str,
-                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(hard [B,N,N] bool, noise [B,N,N] f32) per `how` (a GraphChoice; an unknown one is a ValueError)."""
-        how = graph_choice(how)
+    def initial_carry(self, num_envs: int) -> None:
+        return None  # no memory
+
+    def reset_carry(self, carry: None, starts: Tensor) -> None:
+        return None
+
+    # ---- acting --------------------------------------------------------------------------------------------------
+    def pick_graph(self, batch: int, how: GraphChoice, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(hard [B,N,N] bool, noise [B,N,N] f32) per GraphChoice."""
         if how is GraphChoice.FULL:
             return self.graph.full(batch)
         if how is GraphChoice.DETERMINISTIC:
@@ -152,10 +171,8 @@ class Agent(nn.Module):
         return self.graph.sample(batch, generator)
 
     @staticmethod
-    def pick_gate(p: Tensor | None, how: GateChoice | str, generator: torch.Generator | None) -> Tensor | None:
-        """[B,N] bool decisions from p [B,N] per `how` (a GateChoice; an unknown one is a ValueError); None without
-        a gate."""
-        how = gate_choice(how)
+    def pick_gate(p: Tensor | None, how: GateChoice, generator: torch.Generator | None) -> Tensor | None:
+        """[B,N] bool decisions from p [B,N] per GateChoice; None without a gate."""
         if p is None:
             return None
         if how is GateChoice.OPEN:
@@ -164,77 +181,117 @@ class Agent(nn.Module):
             return p > 0.5
         return sample_gate(p, generator)
 
-    def act(self, obs: Tensor, avail: Tensor, alive: Tensor, graph_how: str, gate_how: str,
-            generator: torch.Generator | None, deterministic: bool = False, plan: RolloutPlan | None = None,
-            t: int = 0) -> ActOut:
-        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut. plan: this rollout's RolloutPlan, and t the
-        step within it (then step t's pre-drawn randomness replaces draws from `generator`).
+    def plan_rollout(self, steps: int, batch: int, how: Acting, generator: torch.Generator | None) -> None:
+        return None  # the reference draws as it goes
 
-        Runs under torch.inference_mode (about a fifth faster than no_grad here), so every field but `actions`
-        (a normal tensor: an env may modify it) is an inference tensor: read or copy it, never modify it in place."""
-        with torch.inference_mode():
-            out = self._act(obs, avail, alive, graph_how, gate_how, generator, deterministic, plan, t)
-        out.actions = out.actions.clone()
-        return out
-
-    def _act(self, obs: Tensor, avail: Tensor, alive: Tensor, graph_how: str, gate_how: str,
-             generator: torch.Generator | None, deterministic: bool, plan: RolloutPlan | None, t: int) -> ActOut:
-        if plan is not None and plan.draws is not None:
-            d = plan.draws
-            hard, noise, neg_noise = d.hard[t], d.noise[t], d.action[t]
-        else:
-            hard, noise = self.pick_graph(obs.shape[0], graph_how, generator)
-            neg_noise = None
-        fast = self.acting_weights() if plan is None else plan.weights
-        if fast is None:  # the readable path
+    def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Acting, generator: torch.Generator | None,
+            deterministic: bool = False, plan: Any = None, t: int = 0, carry: Any = None) -> ActOut:
+        """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (stored: graph, noise, gate)."""
+        with torch.no_grad():
+            hard, noise = self.pick_graph(obs.shape[0], how.graph, generator)
             h = self.model.embed(obs)
             p = self.model.gate_prob(h)
-            gate = self.pick_gate(p, gate_how, generator)
+            gate = self.pick_gate(p, how.gate, generator)
             g = None if gate is None else gate.float()
             mask = receive_mask(hard.float(), alive)
             enc, value = self.model.encode(h, mask, g)
-            actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic,
-                                                      neg_noise)
-            return ActOut(actions, logp, value, hard, noise, gate, p)
-        with small_tensor_kernels():
-            h = fast.embed(obs)
-            p = self.model.gate_prob(h)
-            gate = self.pick_gate(p, gate_how, generator)
-            g = None if gate is None else gate.float()
-            enc, mask_zero = fast.encode(h, hard, alive, g)
-            actions, logp, value = fast.decode(enc, mask_zero, g, avail, neg_noise, generator, deterministic)
-        return ActOut(actions, logp, value, hard, noise, gate, p)
+            actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic)
+        return self.act_out(actions, logp, value, hard, noise, gate, p, alive)
 
-    @torch.inference_mode()
-    def value(self, obs: Tensor, alive: Tensor, hard: Tensor, gate_how: str,
-              generator: torch.Generator | None, plan: RolloutPlan | None = None) -> Tensor:
-        """V [B,N] (normalised units) of obs [B,N,O] under the acting graph hard [B,N,N] bool (plan: as in act)."""
-        fast = self.acting_weights() if plan is None else plan.weights
-        if fast is None:
+    @staticmethod
+    def act_out(actions: Tensor, logp: Tensor, value: Tensor, hard: Tensor, noise: Tensor, gate: Tensor | None,
+                p: Tensor | None, alive: Tensor) -> ActOut:
+        stored = {"graph": hard, "noise": noise}
+        if gate is not None:
+            stored["gate"] = gate
+        return ActOut(actions, logp, value, stored, messages_per_step(hard, alive, gate), None, hard, gate, p)
+
+    def value_draws(self, how: Acting) -> bool:
+        """Whether value() draws from the generator (a sampled gate), so that calls must keep step order."""
+        return self.model.gate is not None and how.gate is GateChoice.SAMPLE
+
+    def bootstrap_stored(self, batch: int, how: Acting, generator: torch.Generator | None) -> dict[str, Tensor]:
+        hard, noise = self.pick_graph(batch, how.graph, generator)
+        return {"graph": hard, "noise": noise}
+
+    def value(self, obs: Tensor, alive: Tensor, stored: dict[str, Tensor], carry: Any, how: Acting,
+              generator: torch.Generator | None, plan: Any = None) -> Tensor:
+        """V [B,N] (normalised units) of obs [B,N,O] under the stored acting graph (the gate is picked afresh)."""
+        with torch.no_grad():
             h = self.model.embed(obs)
-            gate = self.pick_gate(self.model.gate_prob(h), gate_how, generator)
+            gate = self.pick_gate(self.model.gate_prob(h), how.gate, generator)
             g = None if gate is None else gate.float()
-            return self.model.encode(h, receive_mask(hard.float(), alive), g)[1]
-        with small_tensor_kernels():
-            h = fast.embed(obs)
-            gate = self.pick_gate(self.model.gate_prob(h), gate_how, generator)
-            g = None if gate is None else gate.float()
-            return fast.value(fast.encode(h, hard, alive, g)[0])
+            return self.model.encode(h, receive_mask(stored["graph"].float(), alive), g)[1]
 
-    def score(self, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor, noise: Tensor,
-              gate: Tensor | None, relax_graph: bool, relax_gate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Teacher-forced pass over stored decisions -> (log_prob [B,N], entropy [B,N], value [B,N], p [B,N] or None).
+    # ---- the update ----------------------------------------------------------------------------------------------
+    def score(self, batch: dict[str, Any], phase: str, upper: bool, relax: bool) -> Scored:
+        """Teacher-forced pass over stored rows (obs [R,N,O], avail, alive, actions, graph, noise, gate).
 
-        hard/noise [B,N,N]: the stored acting graph; with relax_graph the gradient reaches the current alpha.
-        gate [B,N] bool: the stored gate decisions; with relax_gate the gradient reaches p (straight-through)."""
-        adjacency = self.graph.relaxed(hard, noise) if relax_graph else hard.float()
-        mask = receive_mask(adjacency, alive)
-        h = self.model.embed(obs)
+        relax: build the gradient paths (False for the no-grad pass that gives the old log-probs): the graph's
+        straight-through relaxation in upper-level steps, the gate's in every phase but warm-up."""
+        gate_on = "gate" in batch and phase != WARMUP
+        adjacency = self.graph.relaxed(batch["graph"], batch["noise"]) if relax and upper else batch["graph"].float()
+        mask = receive_mask(adjacency, batch["alive"])
+        h = self.model.embed(batch["obs"])
         p = self.model.gate_prob(h)
         g = None
-        if gate is not None and p is not None:
-            g = straight_through_gate(gate, p) if relax_gate else gate.float()
+        if gate_on and p is not None:
+            g = straight_through_gate(batch["gate"], p) if relax else batch["gate"].float()
         enc, value = self.model.encode(h, mask, g)
-        dmask = decoder_mask(mask if self.decoder_graph_grad else mask.detach())
-        logp, entropy = self.model.teacher_forced(enc, actions, dmask, g, avail)
-        return logp, entropy, value, p
+        dmask = decoder_mask(mask if self.schedule.decoder_graph_grad else mask.detach())
+        logp, entropy = self.model.teacher_forced(enc, batch["actions"], dmask, g, batch["avail"])
+        return self.scored(logp, entropy, value, p, batch["alive"], gate_on)
+
+    def scored(self, logp: Tensor, entropy: Tensor, value: Tensor, p: Tensor | None, alive: Tensor,
+               gate_on: bool) -> Scored:
+        """Scored with the gate's cost comm_cost * mean over alive agents of p (docs/method.md, "Temporal gate")."""
+        out = Scored(logp, entropy, value)
+        if p is not None:
+            if gate_on and self.schedule.comm_cost > 0:
+                out.aux_loss = self.schedule.comm_cost * masked_mean(p, alive)
+            out.stats["comm/gate_p"] = float(masked_mean(p.detach(), alive))
+        return out
+
+    def after_update(self, obs: Tensor, alive: Tensor) -> None:
+        """Fold the rollout's observations into the running statistics (algo.obs_norm), after the update, so the
+        next rollout and its update see the same statistics."""
+        if self.model.obs_norm is not None:
+            self.model.obs_norm.update(obs[alive])
+
+    # ---- reporting -----------------------------------------------------------------------------------------------
+    def rollout_metrics(self, stored: dict[str, Tensor], alive: Tensor) -> dict[str, float]:
+        """comm/gate_open over the rollout's live agents (stored [T,B,...], alive [T,B,N])."""
+        if "gate" not in stored:
+            return {}
+        return {"comm/gate_open": float(stored["gate"][alive].float().mean())}
+
+    def iteration_metrics(self) -> dict[str, float]:
+        """comm/graph_changes (senders swapped in top-k(alpha) since the last call) and alpha's row margins."""
+        row: dict[str, float] = {}
+        if self.graph.learned:
+            det = self.graph.deterministic()
+            prev = self.last_graph
+            row["comm/graph_changes"] = float("nan") if prev is None else int((det != prev).sum()) // 2
+            self.last_graph = det
+        margins = self.graph.margins()
+        if not bool(torch.isnan(margins).all()):
+            row["comm/alpha_margin_min"] = float(margins.min())
+            row["comm/alpha_margin_mean"] = float(margins.mean())
+        return row
+
+    def restored(self) -> None:
+        """After a checkpoint load: the graph as the update before the save left it."""
+        if self.graph.learned:
+            self.last_graph = self.graph.deterministic()
+
+    def summary_lines(self, iteration: int) -> list[str]:
+        g = self.graph
+        if g.learned and iteration <= self.schedule.warmup_iters:
+            return ["graph: full (the run ended in warm-up; alpha never stepped)"]
+        if not g.learned:
+            return []
+        lines = [f"graph (k={g.k}, top-k of alpha, row = receiver): {g.deterministic().int().tolist()}"]
+        m = g.margins()
+        if not bool(torch.isnan(m).all()):
+            lines.append("alpha row margins (k-th minus (k+1)-th): " + ", ".join(f"{x:.3f}" for x in m.tolist()))
+        return lines

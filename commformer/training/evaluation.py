@@ -1,14 +1,15 @@
-"""Deterministic evaluation (DESIGN.md, evaluation protocol): argmax actions, top-k(alpha) graph, gate open when
-p > 0.5, on an env reseeded with the same seed every time, one episode per eval env. Optionally with sampled
-actions (eval_sampled: argmax can stall where sampled actions win)."""
+"""Deterministic evaluation (docs/studies.md, "Evaluation protocol"): argmax actions and the policy's evaluation
+choices (CommFormer: top-k(alpha) graph, gate open when p > 0.5), on an env reseeded with the same seed every time,
+one episode per eval env. Optionally with sampled actions (eval_sampled: argmax can stall where sampled actions
+win)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from commformer.method.graph import messages_per_step
-from commformer.method.policy import Agent
+from commformer.protocol import Policy
 from envs.core import VecEnv
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -23,29 +24,28 @@ def episodes_per_env(episodes: int, num_envs: int) -> int:
 class EvalDetails:
     """What one evaluation's agents did, beyond the metrics (the run's graph history records it).
 
-    graph [N,N] bool (receiver i, sender j): the acting graph of the first step (evaluation's graph is fixed:
-    top-k(alpha), the full graph during warmup, or the fixed graph of modes full/none/random).
+    graph [N,N] bool (receiver i, sender j): the acting graph of the first step (CommFormer's evaluation graph is
+    fixed: top-k(alpha), the full graph during warmup, or the fixed graph of modes full/none/random); None for a
+    policy that reports no graph.
     gate_open [N] f32: per agent, the fraction of its live steps with the gate open (NaN for an agent never alive);
     None without a gate."""
 
-    graph: torch.Tensor
+    graph: torch.Tensor | None
     gate_open: torch.Tensor | None
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, env: VecEnv, seed: int, device: torch.device, graph_how: str = "deterministic",
-             gate_how: str = "threshold", episodes: int | None = None,
+def evaluate(policy: Policy, env: VecEnv, seed: int, device: torch.device, how: Any, episodes: int | None = None,
              sample_actions: bool = False) -> dict[str, float]:
     """Run the first m = ceil(episodes / B) episodes of each of the env's B copies (episodes defaults to B);
     returns eval/return, eval/steps, eval/<task metric> (means over the B*m episodes), eval/episodes and
-    comm/eval_messages_per_step. graph_how / gate_how: a policy.GraphChoice / GateChoice. sample_actions: draw the
-    actions from the policy (from a generator seeded with `seed`) instead of taking the argmax."""
-    return evaluate_with_details(agent, env, seed, device, graph_how, gate_how, episodes, sample_actions)[0]
+    comm/eval_messages_per_step. how: the policy's acting choices (Policy.acting). sample_actions: draw the actions
+    from the policy (from a generator seeded with `seed`) instead of taking the argmax."""
+    return evaluate_with_details(policy, env, seed, device, how, episodes, sample_actions)[0]
 
 
 @torch.no_grad()
-def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.device,
-                          graph_how: str = "deterministic", gate_how: str = "threshold",
+def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.device, how: Any,
                           episodes: int | None = None,
                           sample_actions: bool = False) -> tuple[dict[str, float], EvalDetails]:
     """evaluate()'s metrics plus its EvalDetails (the acting graph and each agent's gate-open rate)."""
@@ -61,13 +61,14 @@ def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.de
     count = torch.zeros(B, dtype=torch.long, device=device)
     sums: dict[str, torch.Tensor] = {}
     messages, msg_steps = 0.0, 0
+    carry = policy.initial_carry(B)
     for _ in range(m * (env.spec.episode_limit + 1)):
-        out = agent.act(step.obs, step.avail_actions, step.alive, graph_how, gate_how, generator,
-                        deterministic=not sample_actions)
+        out = policy.act(step.obs, step.avail_actions, step.alive, how, generator, deterministic=not sample_actions,
+                         carry=carry)
         live = count < m
-        messages += float(messages_per_step(out.graph, step.alive, out.gate)[live].sum())
+        messages += float(out.messages[live].sum())
         msg_steps += int(live.sum())
-        if first_graph is None:
+        if first_graph is None and out.graph is not None:
             first_graph = out.graph[0].clone()
         if out.gate is not None:
             gated = True
@@ -75,6 +76,7 @@ def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.de
             gate_open += (out.gate.double() * counted).sum(0)
             live_steps += counted.sum(0)
         step = env.step(out.actions.to(env.device)).to(device)
+        carry = policy.reset_carry(out.carry, step.done)
         new = step.done & live
         if bool(new.any()):
             for k, v in step.episode.items():
@@ -90,7 +92,6 @@ def evaluate_with_details(agent: Agent, env: VecEnv, seed: int, device: torch.de
     out = {f"eval/{'steps' if k == 'length' else k}": float(v.sum()) / n for k, v in sums.items()}
     out["eval/episodes"] = float(n)
     out["comm/eval_messages_per_step"] = messages / max(msg_steps, 1)
-    assert first_graph is not None, "evaluation ran no step"
     rate = torch.where(live_steps > 0, gate_open / live_steps.clamp(min=1.0), float("nan"))
-    details = EvalDetails(first_graph.bool().cpu(), rate.float().cpu() if gated else None)
+    details = EvalDetails(None if first_graph is None else first_graph.bool().cpu(), rate.float().cpu() if gated else None)
     return out, details

@@ -25,7 +25,6 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from commformer.errors import UserError
-from commformer.method.graph import CommGraph
 from commformer.training.evaluation import EvalDetails
 
 HISTORY_FILE = "graph_history.jsonl"
@@ -40,16 +39,24 @@ def _floats(values: Sequence[float]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
-def graph_record(graph: CommGraph, details: EvalDetails, metrics: Mapping[str, float], iteration: int,
-                 env_steps: int, graph_choice: str) -> dict[str, Any]:
-    """The history record of one evaluation (fields in the module docstring) from the run's CommGraph, the
-    evaluation's EvalDetails and its metrics (for comm/eval_messages_per_step)."""
-    margins = graph.margins()
+def choice_name(how: Any) -> str:
+    """The name of how an evaluation picked its graph: the `graph` field of a policy's acting choices (CommFormer's
+    Acting), else the choices' own text."""
+    choice = getattr(how, "graph", how)
+    return str(getattr(choice, "value", choice))
+
+
+def graph_record(graph: Any, details: EvalDetails, metrics: Mapping[str, float], iteration: int,
+                 env_steps: int, how: Any) -> dict[str, Any]:
+    """The history record of one evaluation (fields in the module docstring) from the policy's comm_graph (an object
+    with mode, k, learned, alpha and margins(); None for a policy without one), the evaluation's EvalDetails and its
+    metrics (for comm/eval_messages_per_step)."""
+    margins = graph.margins() if graph is not None else torch.full((1,), float("nan"))
     return {
-        "iteration": int(iteration), "env_steps": int(env_steps), "mode": graph.mode,
-        "graph_choice": str(getattr(graph_choice, "value", graph_choice)), "k": int(graph.k),
-        "alpha": graph.alpha.detach().cpu().tolist() if graph.learned else None,
-        "graph": details.graph.int().tolist(),
+        "iteration": int(iteration), "env_steps": int(env_steps), "mode": "none" if graph is None else graph.mode,
+        "graph_choice": choice_name(how), "k": 0 if graph is None else int(graph.k),
+        "alpha": graph.alpha.detach().cpu().tolist() if graph is not None and graph.learned else None,
+        "graph": None if details.graph is None else details.graph.int().tolist(),
         "margins": None if bool(torch.isnan(margins).all()) else _floats(margins.tolist()),
         "gate_open": None if details.gate_open is None else _floats(details.gate_open.tolist()),
         "messages_per_step": _floats([metrics.get("comm/eval_messages_per_step", float("nan"))])[0],

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from commformer.compose import override_key
 from commformer.config import Config, ConfigError, from_yaml
+from commformer.overrides import override_key
 from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 
 # Keys a resumed run takes from the command line instead of the checkpoint's config.

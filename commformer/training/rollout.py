@@ -1,16 +1,16 @@
-"""Rollout storage [T,B,N,...] (with the sampled graphs and gates) and its collection from a VecEnv.
+"""Rollout storage [T,B,N,...] (with what the policy stores to replay its acting) and its collection from a VecEnv.
 
 T rollout length, B envs, N agents, O obs width, A actions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from commformer.method.policy import Agent
+from commformer.protocol import Policy
 from envs.core import Step, VecEnv
 
 
@@ -28,14 +28,14 @@ class Rollout:
     rewards: Tensor  # [T,B,N] f32
     terminated: Tensor  # [T,B] bool
     truncated: Tensor  # [T,B] bool
-    graph: Tensor  # [T,B,N,N] bool, acting graph
-    noise: Tensor  # [T,B,N,N] f32, its Gumbel noise
-    gate: Optional[Tensor]  # [T,B,N] bool or None
+    stored: dict[str, Tensor]  # [T,B,...] each: what the policy stores per step (Policy.storage)
+    messages: Tensor  # [T,B] f32, messages per step
     final_values: Tensor  # [T,B,N] f32 raw V(final_obs_t) where truncated_t, else 0
     last_values: Tensor  # [B,N] f32 raw V(obs_T)
 
     @staticmethod
-    def allocate(T: int, B: int, N: int, O: int, A: int, gate: bool, device: torch.device) -> "Rollout":
+    def allocate(T: int, B: int, N: int, O: int, A: int, storage: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                 device: torch.device) -> "Rollout":
         f32, b = dict(device=device), dict(device=device, dtype=torch.bool)
         return Rollout(
             obs=torch.zeros(T, B, N, O, **f32), avail=torch.zeros(T, B, N, A, **b),
@@ -43,9 +43,8 @@ class Rollout:
             actions=torch.zeros(T, B, N, dtype=torch.long, device=device), log_prob=torch.zeros(T, B, N, **f32),
             values=torch.zeros(T, B, N, **f32), rewards=torch.zeros(T, B, N, **f32),
             terminated=torch.zeros(T, B, **b), truncated=torch.zeros(T, B, **b),
-            graph=torch.zeros(T, B, N, N, **b), noise=torch.zeros(T, B, N, N, **f32),
-            gate=torch.zeros(T, B, N, **b) if gate else None,
-            final_values=torch.zeros(T, B, N, **f32), last_values=torch.zeros(B, N, **f32),
+            stored={k: torch.zeros(T, *shape, dtype=dtype, device=device) for k, (shape, dtype) in storage.items()},
+            messages=torch.zeros(T, B, **f32), final_values=torch.zeros(T, B, N, **f32), last_values=torch.zeros(B, N, **f32),
         )
 
     def next_values(self, denormalize: Callable[[Tensor], Tensor]) -> Tensor:
@@ -56,40 +55,38 @@ class Rollout:
 
 
 class Collector:
-    """Steps a VecEnv with an Agent and fills a Rollout; keeps the env's current Step between rollouts."""
+    """Steps a VecEnv with a policy and fills a Rollout; keeps the env's current Step and the policy's carry between
+    rollouts."""
 
-    def __init__(self, env: VecEnv, T: int, gate: bool, device: torch.device,
+    def __init__(self, env: VecEnv, T: int, policy: Policy, device: torch.device,
                  generator: torch.Generator) -> None:
         self.env, self.T, self.device, self.generator = env, T, device, generator
         s = env.spec
-        self.buf = Rollout.allocate(T, env.num_envs, s.n_agents, s.obs_dim, s.n_actions, gate, device)
+        self.buf = Rollout.allocate(T, env.num_envs, s.n_agents, s.obs_dim, s.n_actions,
+                                    policy.storage(env.num_envs), device)
         self.current: Optional[Step] = None
+        self.carry: Any = None  # the policy's per-env state at the current step
         self.finished: list[dict[str, Tensor]] = []  # episode stats of envs that finished, per step
 
-    def reset(self, seed: int) -> None:
+    def reset(self, seed: int, policy: Policy) -> None:
         self.current = self.env.reset(seed=seed).to(self.device)
+        self.carry = policy.initial_carry(self.env.num_envs)
 
     @torch.no_grad()
-    def collect(self, agent: Agent, graph_how: str, gate_how: str,
-                denormalize: Callable[[Tensor], Tensor]) -> Rollout:
-        """Fill the buffer with T steps. Finished episodes' stats are appended to self.finished."""
+    def collect(self, policy: Policy, how: Any, denormalize: Callable[[Tensor], Tensor]) -> Rollout:
+        """Fill the buffer with T steps acting as `how` (Policy.acting). Finished episodes' stats are appended to
+        self.finished."""
         assert self.current is not None, "Collector.reset() first"
-        buf, cur, g = self.buf, self.current, self.generator
+        buf, cur, g, carry = self.buf, self.current, self.generator, self.carry
         buf.final_values.zero_()
-        # the fused weights once, and the rollout's randomness in one draw where the stream allows it (the same
-        # decisions as drawing it step by step)
-        plan = agent.plan_rollout(self.T, self.env.num_envs, graph_how, gate_how, g)
-        draws = plan.draws
-        if draws is not None:
-            buf.graph.copy_(draws.hard)
-            buf.noise.copy_(draws.noise)
+        plan = policy.plan_rollout(self.T, self.env.num_envs, how, g)
         # V(final_obs) of truncated envs: computed in one pass after the loop unless computing it draws from the
-        # generator (a sampled gate), which must then happen in step order
-        deferred = draws is not None
-        finals: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []  # (t, env index, final obs, alive, graph)
+        # generator, which must then happen in step order
+        deferred = not policy.value_draws(how)
+        finals: list[tuple[int, Tensor, Tensor, Tensor, dict[str, Tensor], Any]] = []  # (t, envs, obs, alive, ...)
         same_device = self.env.device == self.device
         for t in range(self.T):
-            out = agent.act(cur.obs, cur.avail_actions, cur.alive, graph_how, gate_how, g, plan=plan, t=t)
+            out = policy.act(cur.obs, cur.avail_actions, cur.alive, how, g, plan=plan, t=t, carry=carry)
             buf.obs[t] = cur.obs
             buf.avail[t] = cur.avail_actions
             buf.alive[t] = cur.alive
@@ -97,39 +94,40 @@ class Collector:
             buf.actions[t] = out.actions
             buf.log_prob[t] = out.log_prob
             buf.values[t] = out.value
-            if draws is None:
-                buf.graph[t] = out.graph
-                buf.noise[t] = out.noise
-            if buf.gate is not None:
-                buf.gate[t] = out.gate
+            buf.messages[t] = out.messages
+            for k, v in out.stored.items():
+                buf.stored[k][t] = v
             nxt = self.env.step(out.actions if same_device else out.actions.to(self.env.device))
             if not same_device:
                 nxt = nxt.to(self.device)
             buf.rewards[t] = nxt.reward
             buf.terminated[t] = nxt.terminated
             buf.truncated[t] = nxt.truncated
-            if bool(nxt.truncated.any()):
+            if bool(nxt.truncated.any()):  # the final observation under this step's decisions and carry
                 if deferred:
                     idx = nxt.truncated.nonzero()[:, 0]
-                    finals.append((t, idx, nxt.final_obs[idx], nxt.final_alive[idx], out.graph[idx]))
+                    finals.append((t, idx, nxt.final_obs[idx], nxt.final_alive[idx],
+                                   {k: v[idx] for k, v in out.stored.items()}, select(out.carry, idx)))
                 else:
-                    v = agent.value(nxt.final_obs, nxt.final_alive, out.graph, gate_how, g, plan)
+                    v = policy.value(nxt.final_obs, nxt.final_alive, out.stored, out.carry, how, g, plan)
                     buf.final_values[t] = torch.where(nxt.truncated[:, None], denormalize(v), 0.0)
             done = nxt.done
             if bool(done.any()):
                 self.finished.append({k: v[done] for k, v in nxt.episode.items()})
+            carry = policy.reset_carry(out.carry, done)
             cur = nxt
-        self.current = cur
-        last_hard, _ = agent.pick_graph(cur.obs.shape[0], graph_how, g)
+        self.current, self.carry = cur, carry
+        last = policy.bootstrap_stored(cur.obs.shape[0], how, g)
         if not finals:
-            buf.last_values = denormalize(agent.value(cur.obs, cur.alive, last_hard, gate_how, g, plan))
+            buf.last_values = denormalize(policy.value(cur.obs, cur.alive, last, carry, how, g, plan))
             return buf
         # one pass over every truncated env's final observation and the last observation
         ts = torch.cat([torch.full_like(f[1], f[0]) for f in finals])
         idx = torch.cat([f[1] for f in finals])
-        v = denormalize(agent.value(torch.cat([f[2] for f in finals] + [cur.obs]),
-                                    torch.cat([f[3] for f in finals] + [cur.alive]),
-                                    torch.cat([f[4] for f in finals] + [last_hard]), gate_how, g, plan))
+        stored = {k: torch.cat([f[4][k] for f in finals] + [last[k]]) for k in last}
+        v = denormalize(policy.value(torch.cat([f[2] for f in finals] + [cur.obs]),
+                                     torch.cat([f[3] for f in finals] + [cur.alive]), stored,
+                                     concat([f[5] for f in finals] + [carry]), how, g, plan))
         buf.final_values[ts, idx] = v[: idx.shape[0]]
         buf.last_values = v[idx.shape[0]:]
         return buf
@@ -142,3 +140,21 @@ class Collector:
         out = {k: torch.cat([f[k].float() for f in self.finished]) for k in keys}
         self.finished = []
         return out
+
+
+def select(carry: Any, idx: Tensor) -> Any:
+    """The carry of the envs `idx` (a tensor, or a dict of tensors, indexed on dim 0; None stays None)."""
+    if carry is None:
+        return None
+    if isinstance(carry, dict):
+        return {k: v[idx] for k, v in carry.items()}
+    return carry[idx]
+
+
+def concat(carries: list[Any]) -> Any:
+    """The carries concatenated on dim 0 (None when they are None)."""
+    if carries[0] is None:
+        return None
+    if isinstance(carries[0], dict):
+        return {k: torch.cat([c[k] for c in carries]) for k in carries[0]}
+    return torch.cat(carries)

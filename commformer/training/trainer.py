@@ -1,6 +1,7 @@
-"""The one training loop for every env: collect -> update -> log -> evaluate -> checkpoint.
+"""The one training loop for every env and policy: collect -> update -> log -> evaluate -> checkpoint.
 
-The config is the only switch: envs come from envs.registry.make_env(cfg.env), baselines are algo settings.
+The config is the only switch: envs come from envs.registry.make_env(cfg.env), the policy from
+commformer.policies.build_policy(cfg.algo) and the loop talks to it through commformer/protocol.py.
 """
 from __future__ import annotations
 
@@ -11,24 +12,22 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from commformer.training.bilevel import NonFiniteError, Optimisers, choices, phase
 from commformer.config import AlgoConfig, Config, to_yaml
 from commformer.errors import TrainingStopped, UserError
+from commformer.policies import build_policy
 from commformer.training.checkpoint import CheckpointError, non_finite, remove_stale_temps, save_checkpoint
-from commformer.training.resume import carry_files, plan_resume
 from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate_with_details
 from commformer.training.graph_history import GraphHistory, graph_record
-from commformer.method.graph import CommGraph, messages_per_step
 from commformer.training.logger import Logger
 from commformer.training.media import graph_media
-from commformer.method.model import CommFormer, ModelShape
-from commformer.method.policy import Agent
+from commformer.training.optimisers import NonFiniteError, Optimisers
 from commformer.training.ppo import ValueNorm
+from commformer.training.resume import carry_files, plan_resume
 from commformer.training.rollout import Collector
 from commformer.training.update import ppo_update
 from envs.core import STEP_TENSORS, Step
@@ -53,15 +52,6 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def build_agent(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, device: torch.device) -> Agent:
-    """The network and graph of a run, initialised from cfg.seed."""
-    a = cfg.algo
-    torch.manual_seed(cfg.seed)
-    model = CommFormer(ModelShape.of(n_agents, obs_dim, n_actions, a))
-    graph = CommGraph(n_agents, a.graph, a.sparsity, a.tau, seed=cfg.seed)
-    return Agent(model, graph, a.decoder_graph_grad).to(device)
 
 
 def resumed_wandb_id(ckpt: dict[str, Any], run_dir: Path) -> str | None:
@@ -91,19 +81,19 @@ class Trainer:
         self.env = make_env(cfg.env, cfg.num_envs, self.device)
         self.eval_env = make_env(cfg.env, cfg.eval_env_count, self.device)
         spec = self.env.spec
-        self.agent = build_agent(cfg, spec.n_agents, spec.obs_dim, spec.n_actions, self.device)
-        self.opt = Optimisers.build(self.agent, cfg.algo)
-        self.vnorm = ValueNorm().to(self.device) if cfg.algo.value_norm else None
+        self.policy = build_policy(cfg.algo, spec, cfg.seed, self.device)
+        a = cfg.algo
+        self.opt = Optimisers.build(self.policy, a.group_lrs(), a.upper_lr, a.adam_eps)
+        self.vnorm = ValueNorm().to(self.device) if a.value_norm else None
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.collector = Collector(self.env, cfg.rollout_length, cfg.algo.gate, self.device, self.generator)
+        self.collector = Collector(self.env, cfg.rollout_length, self.policy, self.device, self.generator)
         self.iteration, self.env_steps = 0, 0
         self.last_eval: dict[str, float] = {}
         self.last_record: dict[str, Any] | None = None  # the last evaluation's graph-history record
-        self.last_graph: torch.Tensor | None = None
         if ckpt is not None:
             self.restore(ckpt)
         else:
-            self.collector.reset(cfg.seed)
+            self.collector.reset(cfg.seed, self.policy)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -130,7 +120,7 @@ class Trainer:
         state: dict[str, Any] = {
             "config": to_yaml(self.cfg), "run_dir": str(self.run_dir.resolve()),
             "iteration": self.iteration, "env_steps": self.env_steps,
-            "model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict(),
+            "policy": self.policy.state_dict(), "carry": self.collector.carry,
             "optimisers": self.opt.state_dict(),
             "value_norm": None if self.vnorm is None else self.vnorm.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
@@ -144,8 +134,7 @@ class Trainer:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         try:
-            self.agent.model.load_state_dict(ckpt["model"])
-            self.agent.graph.load_state_dict(ckpt["graph"])
+            self.policy.load_state_dict(ckpt["policy"])
             self.opt.load_state_dict(ckpt["optimisers"])
             if self.vnorm is not None:
                 self.vnorm.load_state_dict(ckpt["value_norm"])
@@ -154,8 +143,7 @@ class Trainer:
             self.iteration, self.env_steps = int(ckpt["iteration"]), int(ckpt["env_steps"])
             self.last_eval = {k: float(v) for k, v in (ckpt.get("last_eval") or {}).items()}
             self.best = dict(ckpt["best"]) if ckpt.get("best") else None
-            if self.agent.graph.learned:  # as iterate() left it after the update that preceded the save
-                self.last_graph = self.agent.graph.deterministic()
+            self.policy.restored()
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).splitlines()[0][:200]
             raise CheckpointError(f"checkpoint does not match this run's model/env ({first})") from None
@@ -163,14 +151,15 @@ class Trainer:
             self.env.load_state_dict(ckpt["env"])
             cur = {k: v.to(self.device) for k, v in ckpt["current_step"].items()}
             self.collector.current = Step(**cur, episode={})
+            self.collector.carry = ckpt.get("carry")
         else:  # the env cannot restore its state: start fresh episodes, seeded by the iteration
             log.warning("env %s cannot save its state: resumed run starts new episodes", self.cfg.env["name"])
-            self.collector.reset(self.cfg.seed + 7919 * self.iteration)
+            self.collector.reset(self.cfg.seed + 7919 * self.iteration, self.policy)
 
     def save(self) -> Path:
         """Write checkpoints/last.pt; never over a finite checkpoint with non-finite weights (TrainingStopped)."""
         path = self.run_dir / "checkpoints" / "last.pt"
-        bad = non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()})
+        bad = non_finite(self.policy.state_dict())
         if bad is not None:
             raise TrainingStopped(f"iteration {self.iteration}: {bad} is not finite; {path} was not overwritten "
                                   f"({self.kept_text()})")
@@ -189,7 +178,7 @@ class Trainer:
             return None
         self.best = {"key": key, "score": float(score), "iteration": self.iteration}
         path = self.run_dir / "checkpoints" / "best.pt"
-        if non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()}) is None:
+        if non_finite(self.policy.state_dict()) is None:
             save_checkpoint(path, self.state())
         return path
 
@@ -201,43 +190,26 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        self.agent.eval()
-        ph = phase(max(self.iteration - 1, 0), self.cfg.iterations, self.cfg.algo)
-        graph_how, gate_how = choices(ph, evaluating=True)
+        self.policy.eval()
+        how = self.policy.acting(self.policy.phase(max(self.iteration - 1, 0), self.cfg.iterations), True)
         seed = self.cfg.seed + EVAL_SEED_OFFSET
-        out, details = evaluate_with_details(self.agent, self.eval_env, seed, self.device, graph_how, gate_how,
+        out, details = evaluate_with_details(self.policy, self.eval_env, seed, self.device, how,
                                              episodes=self.cfg.eval_episode_count)
         if self.cfg.eval_sampled:  # the same episodes with sampled actions (argmax can stall where sampling wins)
-            sampled = evaluate_with_details(self.agent, self.eval_env, seed, self.device, graph_how, gate_how,
+            sampled = evaluate_with_details(self.policy, self.eval_env, seed, self.device, how,
                                             episodes=self.cfg.eval_episode_count, sample_actions=True)[0]
             out.update({f"eval_sampled/{k.split('/', 1)[1]}": v for k, v in sampled.items() if k.startswith("eval/")})
-        self.agent.train()
+        self.policy.train()
         # every evaluation leaves a record in graph_history.jsonl (commformer/training/graph_history.py)
-        self.last_record = graph_record(self.agent.graph, details, out, self.iteration, self.env_steps, graph_how)
+        self.last_record = graph_record(self.policy.comm_graph, details, out, self.iteration, self.env_steps, how)
         self.history.append(self.last_record)
         return out
-
-    def log_video(self) -> None:
-        """logger.video: one evaluation episode of the final checkpoint, drawn by the env's renderer
-        (commformer.analysis.video) into videos/final.gif and logged as a wandb video; a warning instead where the
-        env does not draw or the [plot] extra is missing."""
-        from commformer.analysis.reevaluate import load_run
-        from commformer.analysis.video import FPS, record_episodes, write_video
-        from commformer.errors import UserError
-
-        try:
-            frames, _ = record_episodes(load_run(self.run_dir), self.device, episodes=1)
-            path = write_video(frames, self.run_dir / "videos" / "final.gif", FPS)
-        except (UserError, ValueError, ImportError) as e:
-            log.warning("logger.video: no video (%s)", (str(e).splitlines() or [type(e).__name__])[0])
-            return
-        self.logger.video(path)
 
     def eval_media(self) -> dict[str, Any] | None:
         """The dashboard images of the last evaluation (alpha or the acting graph, gate-open rates), when the logger
         records images."""
         rec = self.last_record
-        if rec is None or not self.logger.wants_media:
+        if rec is None or rec["graph"] is None or not self.logger.wants_media:
             return None
         scores = rec["alpha"] if rec["alpha"] is not None else rec["graph"]
         rates = None if rec["gate_open"] is None else [float("nan") if r is None else r for r in rec["gate_open"]]
@@ -251,8 +223,8 @@ class Trainer:
         a = self.cfg.algo
         progress = self.iteration / max(self.cfg.iterations, 1)
         if a.lr_decay:
-            for group, lr in zip(self.opt.network.param_groups, (a.lr, a.gate_lr)):
-                group["lr"] = lr * (1.0 - progress)
+            for group in self.opt.network.param_groups:
+                group["lr"] = group["initial_lr"] * (1.0 - progress)
         if a.entropy_coef_final is None:
             return a
         return replace(a, entropy_coef=a.entropy_coef + (a.entropy_coef_final - a.entropy_coef) * progress)
@@ -260,28 +232,25 @@ class Trainer:
     def iterate(self) -> dict[str, Any]:
         """One iteration: rollout, update, and the row of metrics for it."""
         cfg = self.cfg
-        ph = phase(self.iteration, cfg.iterations, cfg.algo)
-        graph_how, gate_how = choices(ph, evaluating=False)
+        ph = self.policy.phase(self.iteration, cfg.iterations)
         denorm = self.vnorm.denormalize if self.vnorm is not None else (lambda x: x)
         t0 = time.perf_counter()
-        ro = self.collector.collect(self.agent, graph_how, gate_how, denorm)
+        ro = self.collector.collect(self.policy, self.policy.acting(ph, False), denorm)
         t1 = time.perf_counter()
         if cfg.algo.reward_scale != 1.0:
             ro.rewards.mul_(cfg.algo.reward_scale)
         algo = self.schedule()
         try:
-            stats = ppo_update(self.agent, ro, self.opt, self.vnorm, algo, cfg.ppo_epochs, ph)
+            stats = ppo_update(self.policy, ro, self.opt, self.vnorm, algo, cfg.ppo_epochs, ph)
         except NonFiniteError as e:
             raise TrainingStopped(f"iteration {self.iteration + 1}: {e}; training stopped before that step "
                                   f"({self.kept_text()}; lower algo.lr / algo.graph_lr or check the env's rewards)"
                                   ) from None
-        bad = non_finite({"model": self.agent.model.state_dict(), "graph": self.agent.graph.state_dict()})
+        bad = non_finite(self.policy.state_dict())
         if bad is not None:
             raise TrainingStopped(f"iteration {self.iteration + 1}: parameter {bad} is not finite after the update; "
                                   f"training stopped ({self.kept_text()}; lower algo.lr / algo.graph_lr)")
-        obs_norm = self.agent.model.obs_norm
-        if obs_norm is not None:  # after the update: the next rollout and its update see the same statistics
-            obs_norm.update(ro.obs[ro.alive])
+        self.policy.after_update(ro.obs, ro.alive)
         t2 = time.perf_counter()
         self.iteration += 1
         self.env_steps += cfg.batch_env_steps
@@ -290,22 +259,9 @@ class Trainer:
         row["train/episodes"] = int(episodes["return"].numel()) if episodes else 0
         for k in ("return", "length") + tuple(self.env.spec.task_metrics):
             row[f"train/{k}"] = float(episodes[k].mean()) if k in episodes else float("nan")
-        T, B, N = ro.alive.shape
-        msgs = messages_per_step(ro.graph.view(T * B, N, N), ro.alive.view(T * B, N),
-                                 None if ro.gate is None else ro.gate.view(T * B, N))
-        row["comm/messages_per_step"] = float(msgs.mean())
-        if ro.gate is not None:
-            row["comm/gate_open"] = float(ro.gate[ro.alive].float().mean())
-        if self.agent.graph.learned:
-            det = self.agent.graph.deterministic()
-            prev = self.last_graph
-            # senders swapped in the deterministic graph since the last iteration
-            row["comm/graph_changes"] = float("nan") if prev is None else int((det != prev).sum()) // 2
-            self.last_graph = det
-        margins = self.agent.graph.margins()
-        if not bool(torch.isnan(margins).all()):
-            row["comm/alpha_margin_min"] = float(margins.min())
-            row["comm/alpha_margin_mean"] = float(margins.mean())
+        row["comm/messages_per_step"] = float(ro.messages.mean())
+        row.update(self.policy.rollout_metrics(ro.stored, ro.alive))
+        row.update(self.policy.iteration_metrics())
         row.update(stats)
         if cfg.algo.lr_decay:
             row["train/lr"] = self.opt.network.param_groups[0]["lr"]
@@ -317,9 +273,11 @@ class Trainer:
         row["perf/rollout_env_steps_per_s"] = cfg.batch_env_steps / (t1 - t0)
         return row
 
-    def train(self) -> dict[str, float]:
-        """Run until the budget is spent; returns the final evaluation. SIGINT / SIGTERM end the run after the current
-        iteration with a checkpoint (TrainingStopped, exit status 128 + the signal); a second SIGINT stops at once."""
+    def train(self, at_end: Optional[Callable[["Trainer"], None]] = None) -> dict[str, float]:
+        """Run until the budget is spent; returns the final evaluation. at_end(trainer): called after the last
+        iteration, before the logger closes (the command line records the final video there). SIGINT / SIGTERM end
+        the run after the current iteration with a checkpoint (TrainingStopped, exit status 128 + the signal); a
+        second SIGINT stops at once."""
         cfg = self.cfg
         previous = self._catch_signals()
         try:
@@ -345,8 +303,8 @@ class Trainer:
                     raise TrainingStopped(f"stopped by {name} after iteration {self.iteration}: checkpoint written to "
                                           f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with "
                                           f"resume={self.run_dir}", exit_code=128 + self.stop_signal)
-            if self.logger.wants_video:
-                self.log_video()
+            if at_end is not None:
+                at_end(self)
             self.logger.summary(self.summary_lines())
         finally:
             self._restore_signals(previous)
@@ -374,18 +332,9 @@ class Trainer:
             signal.signal(s, h)
 
     def summary_lines(self) -> list[str]:
-        g = self.agent.graph
         lines = [f"run folder: {self.run_dir}", f"env steps: {self.env_steps}  iterations: {self.iteration}"]
         lines += [f"final {k}: {v:.4g}" for k, v in self.last_eval.items()]
-        if g.learned and self.iteration <= self.cfg.algo.warmup_iters:
-            lines.append("graph: full (the run ended in warm-up; alpha never stepped)")
-        elif g.learned:
-            det = g.deterministic().int().tolist()
-            lines.append(f"graph (k={g.k}, top-k of alpha, row = receiver): {det}")
-            m = g.margins()
-            if not bool(torch.isnan(m).all()):
-                lines.append("alpha row margins (k-th minus (k+1)-th): "
-                             + ", ".join(f"{x:.3f}" for x in m.tolist()))
+        lines += self.policy.summary_lines(self.iteration)
         lines.append(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
         if self.best is not None:
             lines.append(f"best checkpoint: {self.run_dir / 'checkpoints' / 'best.pt'} ({self.best['key']} "

@@ -1,10 +1,10 @@
-"""The acting step at the floor: the CommFormer forward pass of one env step with its projections fused per set of
-weights. The readable form is CommFormer.encode + CommFormer.autoregressive (REFERENCE.md 2); this computes the same
-function, equal up to float rounding (tests/test_acting.py holds them together).
+"""The acting step, fused: the CommFormer forward pass of one env step with its projections folded per set of
+weights. The reference is CommFormer.encode + CommFormer.autoregressive (commformer/method/model.py); this computes
+the same function, equal up to float rounding (tests/test_backends.py holds them together).
 
 Acting runs one encoder pass and N small decoder steps per env step at a small batch (B envs), where the cost is the
 number of tensor operations, not arithmetic. Everything that depends on the weights alone is folded once per set of
-weights (ActingWeights.of; policy.Agent caches it until a parameter changes, a rollout builds it once):
+weights (ActingWeights.of; FastCommFormerPolicy caches it until a parameter changes, a rollout builds it once):
 - encoder attention: one linear gives queries and keys augmented with the relation terms (q.rk_1 and
   rq_1.k + rq_1.rk_1, so one product of the two is every label-1 score), the self-loop's label-0 correction, and
   the values already through the output projection (the weights sum to 1 over the keys, so
@@ -17,7 +17,7 @@ weights (ActingWeights.of; policy.Agent caches it until a parameter changes, a r
 - the residual add after each feed-forward block is folded into the LayerNorm before it (its bias gains the block's
   output bias; the block's input bias loses W1 times it).
 The w * M product of masked_weights is skipped: M is 0/1 and w is already 0 where M is 0 (the product is there for
-the gradient). Run everything here under torch.inference_mode (Agent.act does).
+the gradient). Run everything here under torch.inference_mode (FastCommFormerPolicy.act does).
 Shapes: B envs, N agents, O obs width, A actions, T = A+1 stream tokens, H hidden, h heads, dh = H/h.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from commformer.fast.training import project_kv, relation_terms, relations, stream_table
 from commformer.method.model import NEG, neg_gumbel
 
 
@@ -89,7 +90,7 @@ class EncoderWeights:
         wq, bq = at.q.weight.view(heads, dh, hid), at.q.bias.view(heads, dh)
         wk, bk = at.kv.weight[:hid].view(heads, dh, hid), at.kv.bias[:hid].view(heads, dh)
         wv, bv = at.kv.weight[hid:].view(heads, dh, hid), at.kv.bias[hid:].view(heads, dh)
-        rq, rk, c = at.relation_terms()  # [L,h,dh], [L,h,dh], [h,L]
+        rq, rk, c = relation_terms(at)  # [L,h,dh], [L,h,dh], [h,L]
         wo = at.out.weight.view(hid, heads, dh)  # out[:, block m] acts on head m's values
         q_rk = [torch.einsum("hd,hdc->hc", rk[lab], wq) * s for lab in (0, 1)]  # [h,H]: rows of s*q^m.rk_l^m
         q_rk_b = [(rk[lab] * bq).sum(-1) * s for lab in (0, 1)]  # [h]
@@ -173,8 +174,8 @@ class ActingWeights:
         hid = heads * dh
         a_start = model.shape.n_actions
         n_tok = a_start + 1
-        k_tab, v_tab = ca.project_kv(model.stream_table())  # [T,h,dh]
-        rq, rk = ca.relations()
+        k_tab, v_tab = project_kv(ca, stream_table(model))  # [T,h,dh]
+        rq, rk = relations(ca)
         wq, bq = ca.q.weight.view(heads, dh, hid), ca.q.bias.view(heads, dh)
         keys = k_tab + rk[1]  # label 1: a position holding an action
         keys[a_start] = k_tab[a_start] + rk[0]  # label 0: the start token
@@ -196,7 +197,7 @@ class ActingWeights:
             value_b=v[2].bias, token_out=token_out.reshape(heads * n_tok, hid), out_bias=ca.out.bias,
             start_out=token_out[:, a_start].sum(0), dec_ln2=Norm.of(model.dec_ln2, shift), dec_mlp=dec_mlp,
             dec_ln3=Norm.of(model.dec_ln3), head_w=model.head_w.unbind(0), head_b=model.head_b.unbind(0), start=start,
-            self_loop=model.enc_label0, obs_norm=model.obs_norm)
+            self_loop=model.enc_labels == 0, obs_norm=model.obs_norm)
 
     def embed(self, obs: Tensor) -> Tensor:
         """obs [B,N,O] -> h [B,N,H] (CommFormer.embed)."""
@@ -232,7 +233,7 @@ class ActingWeights:
         z = F.linear(enc, self.head_in, self.head_in_b)
         value = self._value_out(z[..., :hid])
         scores = z[..., hid:].view(b, n, heads, n_tok).unbind(1)  # per agent i: [B,h,T] scores of each token
-        # sees[b, i, j] = 1 where agent i sees agent j's action (j < i and M[i, j] = 1; D of REFERENCE.md 2)
+        # sees[b, i, j] = 1 where agent i sees agent j's action (j < i and M[i, j] = 1; D of docs/method.md, "Decoder")
         sees = (~mask_zero).tril(-1).float().unsqueeze(-1).unbind(2)  # per agent j: [B,N,1]
         counts = self.start.expand(b, n, n_tok).clone()  # visible positions per token: the start token, once
         counts_of = counts.unsqueeze(2).unbind(1)  # per agent i: a [B,1,T] view

@@ -1,0 +1,41 @@
+"""The built-in policies by `algo.policy` name, and how a run builds its policy (docs/extending.md).
+
+A policy outside this table is named by 'module:attribute' of its PolicyEntry (commformer/protocol.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from commformer.config import AlgoConfig, CommFormerConfig
+from commformer.fast.policy import FastCommFormerPolicy
+from commformer.method.graph import CommGraph
+from commformer.method.model import CommFormer, ModelShape
+from commformer.method.policy import CommFormerPolicy, Schedule
+from commformer.protocol import PolicyEntry, load_entry
+
+
+def build_commformer(algo: CommFormerConfig, spec, seed: int) -> CommFormerPolicy:
+    """The CommFormer network and graph of a run, initialised from `seed`, on the backend algo.backend names."""
+    torch.manual_seed(seed)
+    model = CommFormer(ModelShape(spec.n_agents, spec.obs_dim, spec.n_actions, algo.hidden, algo.heads, algo.layers,
+                                  algo.dropout, algo.gate, algo.gate_init_p, algo.obs_norm))
+    graph = CommGraph(spec.n_agents, algo.graph, algo.sparsity, algo.tau, seed=seed)
+    schedule = Schedule(algo.warmup_iters, algo.freeze_fraction, algo.arch_every, algo.bilevel, algo.split_fraction,
+                        algo.comm_cost, algo.decoder_graph_grad)
+    cls = FastCommFormerPolicy if algo.backend == "fast" else CommFormerPolicy
+    return cls(model, graph, schedule)
+
+
+POLICIES: dict[str, PolicyEntry] = {
+    "commformer": PolicyEntry(CommFormerConfig, build_commformer),
+}
+
+
+def policy_entry(name: str) -> PolicyEntry:
+    """The PolicyEntry of a built-in name or of 'module:attribute'."""
+    return POLICIES[name] if name in POLICIES else load_entry(name)
+
+
+def build_policy(algo: AlgoConfig, spec, seed: int, device: torch.device):
+    """The run's policy on `device`, its parameters initialised from `seed`."""
+    return policy_entry(algo.policy).build(algo, spec, seed).to(device)
