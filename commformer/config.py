@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from commformer.errors import UserError
-from commformer.protocol import load_entry
+from commformer.protocol import policy_entry
 from commformer.method.graph import GRAPH_MODES
 from commformer.method.policy import split_sizes
 from envs.registry import validate_env_config
@@ -410,14 +410,12 @@ def unknown_key_line(key: str, value: Any, algo: type | None = None) -> str:
 
 
 def algo_schema(policy: str) -> type:
-    """The algo schema of a policy: CommFormerConfig for the built-in `commformer`, else the `config` of the
-    PolicyEntry at 'module:attribute' (ConfigError naming the value otherwise)."""
-    if policy == "commformer":
-        return CommFormerConfig
+    """The algo schema of a policy: the `config` of its PolicyEntry (commformer.protocol.policy_entry; ConfigError
+    naming the value otherwise)."""
     try:
-        schema = load_entry(policy).config
+        schema = policy_entry(policy).config
     except ValueError as e:
-        raise ConfigError(f"{e}; built-in: commformer") from None
+        raise ConfigError(str(e)) from None
     _check(isinstance(schema, type) and issubclass(schema, AlgoConfig),
            f"algo.policy={policy!r}: its config {schema!r} must subclass commformer.config.AlgoConfig")
     return schema
@@ -425,10 +423,13 @@ def algo_schema(policy: str) -> type:
 
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (name "config_schema", the first entry of conf/config.yaml's
-    defaults list), its algo node untyped: the policy's schema (algo_schema) types it in load_config. Done on import
-    of this module, so every compose (scripts, tests, the benchmark) finds it."""
+    defaults list). Its algo node holds the keys every policy shares (AlgoConfig) and is open to the policy's own keys:
+    load_config, which every entry point runs right after composing, types it with the schema `algo.policy` names and
+    rejects a key outside it. Done on import of this module, so every compose (scripts, tests, the benchmark) finds
+    it."""
     node = OmegaConf.structured(Config)
-    node.algo = {}
+    node.algo = OmegaConf.structured(AlgoConfig)
+    OmegaConf.set_struct(node.algo, False)
     ConfigStore.instance().store(name="config_schema", node=node)
 
 
@@ -437,7 +438,8 @@ register_configs()
 
 def load_config(cfg: DictConfig | dict) -> Config:
     """Merge a composed config onto the schema and run every check; ConfigError with one line on a bad value."""
-    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    # plain values: the composed algo node is typed with the shared keys only (register_configs)
+    raw = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg)
     schema = algo_schema(str(OmegaConf.select(raw, "algo.policy", default="commformer")))
     try:
         base = OmegaConf.structured(Config)

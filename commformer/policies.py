@@ -1,7 +1,5 @@
-"""The built-in policies by `algo.policy` name, and how a run builds its policy (docs/extending.md).
-
-A policy outside this table is named by 'module:attribute' of its PolicyEntry (commformer/protocol.py).
-"""
+"""CommFormer's PolicyEntry (built-in name `commformer`, commformer/protocol.py BUILTIN_POLICIES) and how a run builds
+its policy (docs/extending.md)."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +9,7 @@ from commformer.fast.policy import FastCommFormerPolicy
 from commformer.method.graph import CommGraph
 from commformer.method.model import CommFormer, ModelShape
 from commformer.method.policy import CommFormerPolicy, Schedule
-from commformer.protocol import PolicyEntry, load_entry
+from commformer.protocol import PolicyEntry, policy_entry
 
 
 def build_commformer(algo: CommFormerConfig, spec, seed: int) -> CommFormerPolicy:
@@ -26,14 +24,7 @@ def build_commformer(algo: CommFormerConfig, spec, seed: int) -> CommFormerPolic
     return cls(model, graph, schedule)
 
 
-POLICIES: dict[str, PolicyEntry] = {
-    "commformer": PolicyEntry(CommFormerConfig, build_commformer),
-}
-
-
-def policy_entry(name: str) -> PolicyEntry:
-    """The PolicyEntry of a built-in name or of 'module:attribute'."""
-    return POLICIES[name] if name in POLICIES else load_entry(name)
+COMMFORMER = PolicyEntry(CommFormerConfig, build_commformer)
 
 
 def build_policy(algo: AlgoConfig, spec, seed: int, device: torch.device):

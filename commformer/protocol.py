@@ -117,16 +117,81 @@ class PolicyEntry:
     build: Callable[[Any, Any, int], Any]
 
 
-def load_entry(path: str) -> PolicyEntry:
-    """The PolicyEntry named by 'package.module:attribute' (a policy outside the built-in ones); ValueError naming
-    the path and what went wrong."""
+# The built-in policies: `algo.policy` name -> the module:attribute of its PolicyEntry (looked up when a run names
+# it, so this module imports none of them).
+BUILTIN_POLICIES: dict[str, str] = {
+    "commformer": "commformer.policies:COMMFORMER",
+}
+
+
+def policy_entry(name: str) -> PolicyEntry:
+    """The PolicyEntry of a built-in name (BUILTIN_POLICIES) or of 'package.module:attribute' (a policy of your
+    own; docs/extending.md); ValueError naming the value, what went wrong and the built-in names."""
+    path = BUILTIN_POLICIES.get(name, name)
     module_name, _, attr = path.partition(":")
+    allowed = f"built-in: {', '.join(BUILTIN_POLICIES)}; or module:attribute of a PolicyEntry"
     if not module_name or not attr:
-        raise ValueError(f"algo.policy={path!r}; expected a built-in name or module:attribute")
+        raise ValueError(f"algo.policy={name!r}; {allowed}")
     try:
         entry = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"algo.policy={path!r}: {e}") from None
+        raise ValueError(f"algo.policy={name!r}: {e}; {allowed}") from None
     if not isinstance(entry, PolicyEntry):
-        raise ValueError(f"algo.policy={path!r} is a {type(entry).__name__}; expected a PolicyEntry")
+        raise ValueError(f"algo.policy={name!r} is a {type(entry).__name__}; expected a PolicyEntry")
     return entry
+
+
+class PolicyBase(torch.nn.Module):
+    """Defaults for a one-level, memoryless policy that stores nothing beyond its actions: subclass it and write
+    act(), value() and score() (docs/extending.md). Every default is one of the protocol's methods."""
+
+    upper_level = False
+    comm_graph = None
+
+    def phase(self, iteration: int, total_iterations: int) -> str:
+        return FIXED
+
+    def acting(self, phase: str, evaluating: bool) -> Any:
+        return None
+
+    def steps_upper(self, phase: str, epoch: int) -> bool:
+        return False
+
+    def upper_columns(self, num_envs: int, phase: str) -> None:
+        return None
+
+    def storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {}
+
+    def initial_carry(self, num_envs: int) -> Any:
+        return None
+
+    def reset_carry(self, carry: Any, starts: Tensor) -> Any:
+        return carry
+
+    def plan_rollout(self, steps: int, batch: int, how: Any, generator: Optional[torch.Generator]) -> Any:
+        return None
+
+    def value_draws(self, how: Any) -> bool:
+        return False
+
+    def bootstrap_stored(self, batch: int, how: Any, generator: Optional[torch.Generator]) -> dict[str, Tensor]:
+        return {}
+
+    def param_groups(self) -> tuple[list[dict[str, Any]], list[torch.nn.Parameter]]:
+        return [{"params": list(self.parameters()), "name": "network"}], []
+
+    def after_update(self, obs: Tensor, alive: Tensor) -> None:
+        return None
+
+    def rollout_metrics(self, stored: dict[str, Tensor], alive: Tensor) -> dict[str, float]:
+        return {}
+
+    def iteration_metrics(self) -> dict[str, float]:
+        return {}
+
+    def summary_lines(self, iteration: int) -> list[str]:
+        return []
+
+    def restored(self) -> None:
+        return None

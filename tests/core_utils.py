@@ -14,10 +14,12 @@ import yaml
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from commformer.config import AlgoConfig, Config, load_config
+from commformer.config import Config, load_config
+from commformer.fast.policy import FastCommFormerPolicy
 from commformer.method.graph import CommGraph
 from commformer.method.model import CommFormer, ModelShape
-from commformer.method.policy import Agent
+from commformer.method.policy import CommFormerPolicy, Schedule
+from commformer.protocol import BILEVEL
 from envs.core import EPISODE_KEYS, EnvSpec, Step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,23 +56,42 @@ def make_config(run_dir: Path | None = None, env: dict[str, Any] | None = None, 
     }
     if run_dir is not None:
         raw["run_dir"] = str(run_dir)
-    for key in ("algo", "logger"):
-        raw[key].update(overrides.pop(key, {}))
+    algo = overrides.pop("algo", {})
+    if "policy" in algo:  # a policy of its own: its schema has none of CommFormer's keys
+        raw["algo"] = {}
+    raw["algo"].update(algo)
+    raw["logger"].update(overrides.pop("logger", {}))
     raw.update(overrides)
     return load_config(OmegaConf.create(raw))
 
 
 def make_agent(n_agents: int = 4, obs_dim: int = 6, n_actions: int = 5, mode: str = "learned",
                sparsity: float = 0.4, gate: bool = False, layers: int = 1, seed: int = 0,
-               head_std: float = 1.0) -> Agent:
-    """A small Agent with its action heads re-initialised at `head_std` (the default init is near zero, which makes
-    dependence checks between agents numerically weak)."""
+               head_std: float = 1.0, backend: str = "fast", schedule: Schedule = Schedule()) -> CommFormerPolicy:
+    """A small CommFormer policy (fast backend unless `backend="reference"`) with its action heads re-initialised at
+    `head_std` (the default init is near zero, which makes dependence checks between agents numerically weak)."""
     torch.manual_seed(seed)
-    model = CommFormer(ModelShape.of(n_agents, obs_dim, n_actions,
-                                     AlgoConfig(hidden=16, heads=2, layers=layers, gate=gate)))
+    model = CommFormer(ModelShape(n_agents, obs_dim, n_actions, hidden=16, heads=2, layers=layers, dropout=0.0,
+                                  gate=gate, gate_init_p=0.9))
     with torch.no_grad():
         model.head_w.normal_(0.0, head_std)
-    return Agent(model, CommGraph(n_agents, mode, sparsity, seed=seed))
+    cls = FastCommFormerPolicy if backend == "fast" else CommFormerPolicy
+    return cls(model, CommGraph(n_agents, mode, sparsity, seed=seed), schedule)
+
+
+def score(agent: CommFormerPolicy, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor,
+          noise: Tensor | None = None, gate: Tensor | None = None, relax_graph: bool = False,
+          relax_gate: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(log_prob, entropy, value, p) of the policy's update pass over stored decisions, in the bi-level phase:
+    relax_graph builds alpha's straight-through gradient (an upper-level step), relax_gate the gate's (relax_graph
+    implies relax_gate)."""
+    batch = {"obs": obs, "avail": avail, "alive": alive, "actions": actions, "graph": hard,
+             "noise": torch.zeros(hard.shape) if noise is None else noise}
+    if gate is not None:
+        batch["gate"] = gate
+    sc = agent.score(batch, BILEVEL, upper=relax_graph, relax=relax_graph or relax_gate)
+    p = agent.model.gate_prob(agent.model.embed(obs)) if agent.model.gate is not None else None
+    return sc.log_prob, sc.entropy, sc.value, p
 
 
 def random_inputs(batch: int, n_agents: int, obs_dim: int, n_actions: int,
@@ -84,12 +105,12 @@ def random_inputs(batch: int, n_agents: int, obs_dim: int, n_actions: int,
     return obs, avail, alive, actions
 
 
-def action_log_probs(agent: Agent, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor,
+def action_log_probs(agent: CommFormerPolicy, obs: Tensor, avail: Tensor, alive: Tensor, actions: Tensor, hard: Tensor,
                      noise: Tensor | None = None, gate: Tensor | None = None,
                      relax_graph: bool = False) -> Tensor:
     """[B,N,A]: agent i's teacher-forced log-probabilities of every action, given the earlier agents' `actions`.
 
-    Built from Agent.score only: agent i's log-prob of its own action depends on a_0..a_i, so setting a_i = a and
+    Built from the policy's score only: agent i's log-prob of its own action depends on a_0..a_i, so setting a_i = a and
     reading column i gives log pi_i(a | ...) for each a."""
     B, N = actions.shape
     A = avail.shape[-1]
@@ -100,8 +121,8 @@ def action_log_probs(agent: Agent, obs: Tensor, avail: Tensor, alive: Tensor, ac
             for a in range(A):
                 acts = actions.clone()
                 acts[:, i] = a
-                logp = agent.score(obs, avail, alive, acts, hard, noise, gate, relax_graph=relax_graph,
-                                   relax_gate=gate is not None)[0]
+                logp = score(agent, obs, avail, alive, acts, hard, noise, gate, relax_graph=relax_graph,
+                             relax_gate=gate is not None)[0]
                 out[:, i, a] = logp[:, i]
     return out
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from commformer.training.adam import Adam
+from commformer.fast.adam import Adam
 
 
 def _nets(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -78,6 +78,6 @@ def test_load_state_dict_of_other_groups_is_refused():
 
 
 def test_building_the_optimisers_does_not_import_dynamo():
-    code = ("import sys; from commformer.training.adam import Adam; import torch; "
+    code = ("import sys; from commformer.fast.adam import Adam; import torch; "
             "Adam([torch.nn.Parameter(torch.zeros(2))]); sys.exit(int('torch._dynamo' in sys.modules))")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,29 +1,47 @@
-"""The bi-level schedule (REFERENCE.md 4): phases, which PPO epoch steps which level, the held-out columns of
+"""The bi-level schedule (docs/method.md, "Bi-level schedule"): phases, which PPO epoch steps which level, the held-out columns of
 `split`, what each level's step may change, the exact acting graph in every epoch, and learning the graph of the
 signal game end to end with the real Trainer."""
 import pytest
 import torch
 from core_utils import make_config, signal_env
 
-from commformer.training.bilevel import Optimisers, choices, phase, split_columns, steps_graph
-from commformer.config import AlgoConfig
-from commformer.training.trainer import Trainer, build_agent
+from core_utils import make_agent
+
+from commformer.config import CommFormerConfig
+from commformer.method.policy import Acting, CommFormerPolicy, Schedule
+from commformer.policies import build_policy
+from commformer.training.optimisers import Optimisers
+from commformer.training.trainer import Trainer
 from commformer.training.update import ppo_update
+
+
+def phase(i: int, total: int, mode: str = "learned", gate: bool = False, **schedule) -> str:
+    return make_agent(mode=mode, gate=gate, schedule=Schedule(**schedule)).phase(i, total)
+
+
+choices = CommFormerPolicy.acting
+
+
+def build(cfg):
+    return build_policy(cfg.algo, type("Spec", (), {"n_agents": 4, "obs_dim": 8, "n_actions": 4}), cfg.seed,
+                        torch.device("cpu"))
+
+
+def optimisers(policy, algo):
+    return Optimisers.build(policy, algo.group_lrs(), algo.upper_lr, algo.adam_eps)
 
 # ---- schedule -----------------------------------------------------------------------------------------------------
 
 
 def test_phase_over_iterations():
-    algo = AlgoConfig(warmup_iters=3, freeze_fraction=0.5)
-    assert [phase(i, 10, algo) for i in range(10)] == ["warmup"] * 3 + ["bilevel"] * 2 + ["frozen"] * 5
-    never_frozen = AlgoConfig(warmup_iters=2, freeze_fraction=1.0)
-    assert [phase(i, 6, never_frozen) for i in range(6)] == ["warmup"] * 2 + ["bilevel"] * 4
+    assert [phase(i, 10, warmup_iters=3, freeze_fraction=0.5) for i in range(10)] == \
+        ["warmup"] * 3 + ["bilevel"] * 2 + ["frozen"] * 5
+    assert [phase(i, 6, warmup_iters=2, freeze_fraction=1.0) for i in range(6)] == ["warmup"] * 2 + ["bilevel"] * 4
 
 
 def test_phase_without_alpha():
-    assert [phase(i, 5, AlgoConfig(graph="full", warmup_iters=2)) for i in range(5)] == ["fixed"] * 5
-    gated = AlgoConfig(graph="random", gate=True, warmup_iters=2)
-    assert [phase(i, 5, gated) for i in range(5)] == ["warmup"] * 2 + ["fixed"] * 3
+    assert [phase(i, 5, "full", warmup_iters=2) for i in range(5)] == ["fixed"] * 5
+    assert [phase(i, 5, "random", gate=True, warmup_iters=2) for i in range(5)] == ["warmup"] * 2 + ["fixed"] * 3
 
 
 def test_acting_choices():
@@ -37,24 +55,21 @@ def test_evaluation_choices():
     assert choices("warmup", evaluating=True) == ("full", "open")
     for ph in ("bilevel", "fixed", "frozen"):
         assert choices(ph, evaluating=True) == ("deterministic", "threshold")
-    with pytest.raises(ValueError, match="'warm'"):
-        choices("warm", evaluating=False)
 
 
 def test_unknown_graph_or_gate_choice_is_an_error():
-    from commformer.method.policy import gate_choice, graph_choice
-
     with pytest.raises(ValueError, match=r"graph choice 'sampel'; allowed: \['sample', 'full', 'deterministic'\]"):
-        graph_choice("sampel")
+        Acting.of("sampel", "sample")
     with pytest.raises(ValueError, match="gate choice 'shut'"):
-        gate_choice("shut")
+        Acting.of("sample", "shut")
 
 
 def test_steps_graph_pattern():
-    assert [e for e in range(10) if steps_graph("bilevel", e, 5)] == [4, 9]
-    assert [e for e in range(6) if steps_graph("bilevel", e, 2)] == [1, 3, 5]
+    every5, every2 = make_agent(), make_agent(schedule=Schedule(arch_every=2))
+    assert [e for e in range(10) if every5.steps_upper("bilevel", e)] == [4, 9]
+    assert [e for e in range(6) if every2.steps_upper("bilevel", e)] == [1, 3, 5]
     for ph in ("warmup", "frozen", "fixed"):
-        assert not any(steps_graph(ph, e, 5) for e in range(10))
+        assert not any(every5.steps_upper(ph, e) for e in range(10))
 
 
 @pytest.mark.parametrize("num_envs,fraction,upper", [
@@ -66,29 +81,32 @@ def test_steps_graph_pattern():
     (10, 0.3, [7, 8, 9]),
 ])
 def test_split_columns(num_envs, fraction, upper):
-    up, low = split_columns(num_envs, fraction)
+    policy = make_agent(schedule=Schedule(bilevel="split", split_fraction=fraction))
+    up, low = policy.upper_columns(num_envs, "bilevel")
     assert up.tolist() == upper
     assert low.tolist() == [c for c in range(num_envs) if c not in upper]
 
 
-def test_split_columns_needs_two_columns():
+def test_split_columns_needs_two_columns_and_the_bilevel_phase():
+    policy = make_agent(schedule=Schedule(bilevel="split"))
     with pytest.raises(ValueError, match="num_envs=1"):
-        split_columns(1, 0.25)
+        policy.upper_columns(1, "bilevel")
+    assert policy.upper_columns(8, "warmup") is None and make_agent().upper_columns(8, "bilevel") is None
 
 
 def test_optimisers_groups():
     cfg = make_config(algo={"gate": True, "lr": 1e-3, "gate_lr": 2e-4, "graph_lr": 5e-2})
-    agent = build_agent(cfg, 4, 8, 4, torch.device("cpu"))
-    opt = Optimisers.build(agent, cfg.algo)
+    agent = build(cfg)
+    opt = optimisers(agent, cfg.algo)
     assert [g["lr"] for g in opt.network.param_groups] == [1e-3, 2e-4]
     gate_ids = {id(p) for p in agent.model.gate.parameters()}
     assert {id(p) for p in opt.network.param_groups[1]["params"]} == gate_ids
     assert opt.graph is not None and opt.graph.param_groups[0]["lr"] == 5e-2
-    assert opt.graph_params == [agent.graph.alpha]
+    assert opt.upper_params == [agent.graph.alpha]
     assert all(id(p) != id(agent.graph.alpha) for g in opt.network.param_groups for p in g["params"])
     full_cfg = make_config(algo={"graph": "full"})
-    fixed = build_agent(full_cfg, 4, 8, 4, torch.device("cpu"))
-    assert Optimisers.build(fixed, full_cfg.algo).graph is None
+    assert optimisers(build(full_cfg), full_cfg.algo).graph is None
+    assert isinstance(cfg.algo, CommFormerConfig)
 
 
 # ---- one update -----------------------------------------------------------------------------------------------------
@@ -97,8 +115,7 @@ def trainer_with_rollout(tmp_path, ph="bilevel", **algo):
     """A Trainer on the signal game (8 envs x 4 steps, 10 PPO epochs) and one collected rollout."""
     cfg = make_config(tmp_path, num_envs=8, rollout_length=4, ppo_epochs=10, algo={"arch_every": 5, **algo})
     tr = Trainer(cfg, tmp_path)
-    graph_how, gate_how = choices(ph, evaluating=False)
-    ro = tr.collector.collect(tr.agent, graph_how, gate_how, tr.vnorm.denormalize)
+    ro = tr.collector.collect(tr.policy, choices(ph, evaluating=False), tr.vnorm.denormalize)
     return tr, ro
 
 
@@ -108,11 +125,11 @@ def spy_levels(monkeypatch, tr):
     original = tr.opt.step
 
     def step(loss, upper, max_grad_norm):
-        net = [p.detach().clone() for p in tr.opt.network_params]
-        alpha = [p.detach().clone() for p in tr.opt.graph_params]
+        net = [p.detach().clone() for p in tr.opt.lower_params]
+        alpha = [p.detach().clone() for p in tr.opt.upper_params]
         out = original(loss, upper, max_grad_norm)
-        net_changed = any(not torch.equal(a, p) for a, p in zip(net, tr.opt.network_params))
-        alpha_changed = any(not torch.equal(a, p) for a, p in zip(alpha, tr.opt.graph_params))
+        net_changed = any(not torch.equal(a, p) for a, p in zip(net, tr.opt.lower_params))
+        alpha_changed = any(not torch.equal(a, p) for a, p in zip(alpha, tr.opt.upper_params))
         record.append((upper, net_changed, alpha_changed))
         return out
 
@@ -124,7 +141,7 @@ def spy_levels(monkeypatch, tr):
 def test_each_epoch_steps_one_level(tmp_path, monkeypatch, bilevel):
     tr, ro = trainer_with_rollout(tmp_path, bilevel=bilevel)
     record = spy_levels(monkeypatch, tr)
-    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
     assert [r[0] for r in record] == [e in (4, 9) for e in range(10)]
     for upper, net_changed, alpha_changed in record:
         if upper:
@@ -136,11 +153,11 @@ def test_each_epoch_steps_one_level(tmp_path, monkeypatch, bilevel):
 @pytest.mark.parametrize("ph", ["warmup", "frozen"])
 def test_alpha_never_steps_outside_bilevel(tmp_path, monkeypatch, ph):
     tr, ro = trainer_with_rollout(tmp_path, ph=ph)
-    alpha = tr.agent.graph.alpha.detach().clone()
+    alpha = tr.policy.graph.alpha.detach().clone()
     record = spy_levels(monkeypatch, tr)
-    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, ph)
+    ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, ph)
     assert record == [(False, True, False)] * 10
-    assert torch.equal(tr.agent.graph.alpha, alpha)
+    assert torch.equal(tr.policy.graph.alpha, alpha)
 
 
 @pytest.mark.parametrize("bilevel,upper_rows,lower_rows", [("alternate", 32, 32), ("split", 8, 24)])
@@ -148,14 +165,14 @@ def test_split_holds_out_columns_for_the_upper_level(tmp_path, monkeypatch, bile
     """8 envs x 4 steps: split (fraction 0.25) scores the graph on 2 columns (8 rows) and the network on 6 (24)."""
     tr, ro = trainer_with_rollout(tmp_path, bilevel=bilevel)
     seen = []
-    original = tr.agent.score
+    original = tr.policy.score
 
-    def score(obs, *args, relax_graph, relax_gate):
-        seen.append((relax_graph, obs.shape[0]))
-        return original(obs, *args, relax_graph=relax_graph, relax_gate=relax_gate)
+    def score(batch, phase, upper, relax):
+        seen.append((upper and relax, batch["obs"].shape[0]))
+        return original(batch, phase, upper, relax)
 
-    monkeypatch.setattr(tr.agent, "score", score)
-    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    monkeypatch.setattr(tr.policy, "score", score)
+    ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
     # the first call rescoring the whole batch (no gradient) gives the old log-probs; then one call per epoch
     assert seen[0] == (False, 32)
     assert seen[1:] == [(e in (4, 9), upper_rows if e in (4, 9) else lower_rows) for e in range(10)]
@@ -178,52 +195,55 @@ def test_acting_log_prob_gap_is_tiny_on_the_stored_graph_and_large_on_another(tm
     gaps = []
     for _ in range(3):
         tr, ro = trainer_with_rollout(tmp_path, gate=True)
-        gaps.append(ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"])
+        gaps.append(ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"])
     assert max(gaps) < 1e-5, gaps
     tr, ro = trainer_with_rollout(tmp_path, gate=True)
-    T, B, N, _ = ro.graph.shape
-    fresh, _ = tr.agent.graph.sample(T * B, torch.Generator().manual_seed(123))  # a wrong graph: a fresh sample
-    assert not torch.equal(fresh.view_as(ro.graph), ro.graph)
-    ro.graph = fresh.view_as(ro.graph)
-    wrong = ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"]
+    T, B, N, _ = ro.stored["graph"].shape
+    fresh, _ = tr.policy.graph.sample(T * B, torch.Generator().manual_seed(123))  # a wrong graph: a fresh sample
+    assert not torch.equal(fresh.view_as(ro.stored["graph"]), ro.stored["graph"])
+    ro.stored["graph"] = fresh.view_as(ro.stored["graph"])
+    wrong = ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 1, "bilevel")["loss/acting_log_prob_gap"]
     assert wrong > 1e-3, wrong
 
 
 def test_split_mode_updates_the_value_normaliser_from_lower_level_columns_only(tmp_path, monkeypatch):
-    """bilevel=split: the upper level's held-out columns never reach the value normaliser (REFERENCE.md 3)."""
+    """bilevel=split: the upper level's held-out columns never reach the value normaliser (docs/method.md, "PPO")."""
     tr, ro = trainer_with_rollout(tmp_path, bilevel="split", split_fraction=0.25)
     seen = []
     original = tr.vnorm.update
     monkeypatch.setattr(tr.vnorm, "update", lambda x: (seen.append(x.numel()), original(x)))
-    ppo_update(tr.agent, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
+    ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 10, "bilevel")
     T, B, N = ro.alive.shape  # 4 x 8 x 4; columns 6, 7 are held out; arch_every 5: epochs 4, 9 are upper
     lower_entries = int(ro.active[:, :6].sum())
     assert seen == [lower_entries] * 8  # 8 lower-level epochs, one minibatch each; no upper-level update
     seen.clear()
     tr2, ro2 = trainer_with_rollout(tmp_path / "alt", bilevel="alternate")
     monkeypatch.setattr(tr2.vnorm, "update", lambda x: seen.append(x.numel()))
-    ppo_update(tr2.agent, ro2, tr2.opt, tr2.vnorm, tr2.cfg.algo, 10, "bilevel")
+    ppo_update(tr2.policy, ro2, tr2.opt, tr2.vnorm, tr2.cfg.algo, 10, "bilevel")
     assert len(seen) == 10  # alternate: both levels see the same batch, every epoch updates it
 
 
 def test_relaxed_graph_gives_the_same_log_probs(tmp_path):
-    """Agent.score with relax_graph=True (graph epochs) equals relax_graph=False on stored rollout data, while its
+    """score() of an upper-level step (the relaxed graph) equals a lower-level one on stored rollout data, while its
     gradient reaches alpha."""
+    from core_utils import score
+
     tr, ro = trainer_with_rollout(tmp_path, gate=True)
     f = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    args = (f(ro.obs), f(ro.avail), f(ro.alive), f(ro.actions), f(ro.graph), f(ro.noise), f(ro.gate))
-    assert ro.noise.abs().sum() > 0
-    logp_hard, ent_hard, v_hard, _ = tr.agent.score(*args, relax_graph=False, relax_gate=True)
-    logp_soft, ent_soft, v_soft, _ = tr.agent.score(*args, relax_graph=True, relax_gate=True)
+    st = ro.stored
+    args = (f(ro.obs), f(ro.avail), f(ro.alive), f(ro.actions), f(st["graph"]), f(st["noise"]), f(st["gate"]))
+    assert st["noise"].abs().sum() > 0
+    logp_hard, ent_hard, v_hard, _ = score(tr.policy, *args, relax_graph=False, relax_gate=True)
+    logp_soft, ent_soft, v_soft, _ = score(tr.policy, *args, relax_graph=True, relax_gate=True)
     assert torch.equal(logp_hard, logp_soft)
     assert torch.equal(ent_hard, ent_soft) and torch.equal(v_hard, v_soft)
-    tr.agent.graph.alpha.grad = None
+    tr.policy.graph.alpha.grad = None
     (logp_soft * torch.randn(logp_soft.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
-    assert tr.agent.graph.alpha.grad is not None and tr.agent.graph.alpha.grad.abs().sum() > 0
-    tr.agent.graph.alpha.grad = None
-    logp_hard, _, _, _ = tr.agent.score(*args, relax_graph=False, relax_gate=True)
+    assert tr.policy.graph.alpha.grad is not None and tr.policy.graph.alpha.grad.abs().sum() > 0
+    tr.policy.graph.alpha.grad = None
+    logp_hard, _, _, _ = score(tr.policy, *args, relax_graph=False, relax_gate=True)
     logp_hard.sum().backward()
-    assert tr.agent.graph.alpha.grad is None
+    assert tr.policy.graph.alpha.grad is None
 
 
 # ---- learning the graph (signal game) --------------------------------------------------------------------------------
@@ -251,6 +271,6 @@ SIGNAL_ITERATIONS = 15
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_learns_signal_graph(tmp_path, seed):
     tr, result = learn_signal(tmp_path, seed, SIGNAL_ITERATIONS)
-    assert tr.agent.graph.k == 1
-    assert torch.equal(tr.agent.graph.deterministic(), SIGNAL_SOURCE)
+    assert tr.policy.graph.k == 1
+    assert torch.equal(tr.policy.graph.deterministic(), SIGNAL_SOURCE)
     assert result["eval/success"] == 1.0
