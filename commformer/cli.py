@@ -17,7 +17,7 @@ def _train_main(cfg) -> float | None:
     reaches here); a job of a multirun that prepare_train reported is skipped and its folder removed."""
     from hydra.core.hydra_config import HydraConfig
 
-    from commformer.config import load_config
+    from commformer.hydra_glue import load_config
     from commformer.training.trainer import Trainer
 
     hc = HydraConfig.get()

@@ -13,7 +13,8 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from commformer.config import Config, ConfigError, closest, load_config, unknown_key_line
+from commformer.config import Config, ConfigError
+from commformer.hydra_glue import closest_hint, load_config, unknown_key_line
 from commformer.overrides import override_key
 
 # Command-line flags of Hydra's app that print something instead of training: no validation then.
@@ -35,7 +36,7 @@ def hydra_error_line(e: Exception, overrides: Sequence[str], conf_dir: Path) -> 
         options = list(getattr(e, "options", None) or group_options(group, conf_dir))
         if group and option:
             return (f"{group}={option}: no such option (conf/{group}/{option}.yaml does not exist)"
-                    f"{closest(option, options)}; allowed: {', '.join(options)}")
+                    f"{closest_hint(option, options)}; allowed: {', '.join(options)}")
         return text.strip().splitlines()[0]
     if isinstance(e, OverrideParseException):
         bad = next((o for o in overrides if o in text), None) or " ".join(overrides)

@@ -1,24 +1,16 @@
 """Typed config schemas. Every range check lives here (__post_init__), reached by converting the composed Hydra
-config once with `load_config`. Values live in conf/*.yaml; these dataclasses are the schema and its checks.
+config once with `commformer.hydra_glue.load_config`. Values live in conf/*.yaml; these dataclasses are the schema
+and its checks.
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
-import difflib
-import inspect
 import math
-import textwrap
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
+from commformer.devices import check_device
 from commformer.errors import UserError
-from commformer.protocol import policy_entry
 from commformer.method.graph import GRAPH_MODES
 from commformer.method.policy import split_sizes
 from envs.registry import validate_env_config
@@ -44,39 +36,6 @@ def _positive_finite(name: str, value: float) -> None:
 def _fraction(name: str, value: float, low_open: bool = True) -> None:
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
     _check(ok, f"{name}={value}; must be in {'(0, 1]' if low_open else '[0, 1]'}")
-
-
-def available_devices() -> list[str]:
-    """The device names this machine can run: cpu, and cuda / cuda:<index> where CUDA works."""
-    import torch
-
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return out
-
-
-def check_device(device: str) -> None:
-    """ConfigError unless `device` is one this machine can run (one line naming what is)."""
-    allowed = available_devices()
-    if device in allowed:
-        return
-    if device == "cuda" or device.startswith("cuda:"):
-        _check(False, f"device={device!r}: no CUDA device here; allowed: {', '.join(allowed)}")
-    _check(False, f"device={device!r}; allowed: {', '.join(allowed)} (cuda, cuda:<index> where CUDA works)")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """{field name: its description}: the string literal under each field of a config dataclass (its one home; the
-    `--help` text and the README's key tables are made from it)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 
 
 @dataclass
@@ -350,7 +309,10 @@ class Config:
                f"eval_episodes={self.eval_episodes}; must be >= 1 (or null for the env's default)")
         _check(self.eval_envs is None or self.eval_envs >= 1,
                f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
-        check_device(self.device)
+        try:
+            check_device(self.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.algo.check_run(self)
 
     @property
@@ -372,97 +334,3 @@ class Config:
     @property
     def iterations(self) -> int:
         return -(-self.total_env_steps // self.batch_env_steps)
-
-
-GROUPS = ("env", "algo", "logger")
-
-
-def schema_keys(algo: type | None = None) -> list[str]:
-    """Every dotted key of the schema: top-level fields, algo.* (of the algo schema `algo`, default commformer's),
-    logger.* (env.* depend on the env family)."""
-    keys = []
-    for f in dataclasses.fields(Config):
-        if f.name == "algo":
-            keys += [f"algo.{g.name}" for g in dataclasses.fields(algo or CommFormerConfig)]
-        elif f.name == "logger":
-            keys += [f"logger.{g.name}" for g in dataclasses.fields(LoggerConfig)]
-        else:
-            keys.append(f.name)
-    return keys
-
-
-def closest(name: str, allowed: Sequence[str]) -> str:
-    """' (did you mean X?)' for the closest allowed name, or ''."""
-    match = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
-
-
-def unknown_key_line(key: str, value: Any, algo: type | None = None) -> str:
-    """'<key>=<value>: unknown key (did you mean ...?); allowed: ...' for a key outside the schema (algo: the algo
-    schema in force)."""
-    if key.startswith("env."):
-        return f"{key}={value}: unknown key for this env (env keys are checked against the env family's schema)"
-    keys = schema_keys(algo)
-    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    siblings = [k for k in keys if k.startswith(prefix) and k.count(".") == key.count(".")] if prefix else \
-        [k for k in keys if "." not in k] + list(GROUPS)
-    return f"{key}={value}: unknown key{closest(key, siblings)}; allowed: {', '.join(sorted(set(siblings)))}"
-
-
-def algo_schema(policy: str) -> type:
-    """The algo schema of a policy: the `config` of its PolicyEntry (commformer.protocol.policy_entry; ConfigError
-    naming the value otherwise)."""
-    try:
-        schema = policy_entry(policy).config
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _check(isinstance(schema, type) and issubclass(schema, AlgoConfig),
-           f"algo.policy={policy!r}: its config {schema!r} must subclass commformer.config.AlgoConfig")
-    return schema
-
-
-def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore (name "config_schema", the first entry of conf/config.yaml's
-    defaults list). Its algo node holds the keys every policy shares (AlgoConfig) and is open to the policy's own keys:
-    load_config, which every entry point runs right after composing, types it with the schema `algo.policy` names and
-    rejects a key outside it. Done on import of this module, so every compose (scripts, tests, the benchmark) finds
-    it."""
-    node = OmegaConf.structured(Config)
-    node.algo = OmegaConf.structured(AlgoConfig)
-    OmegaConf.set_struct(node.algo, False)
-    ConfigStore.instance().store(name="config_schema", node=node)
-
-
-register_configs()
-
-
-def load_config(cfg: DictConfig | dict) -> Config:
-    """Merge a composed config onto the schema and run every check; ConfigError with one line on a bad value."""
-    # plain values: the composed algo node is typed with the shared keys only (register_configs)
-    raw = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg)
-    schema = algo_schema(str(OmegaConf.select(raw, "algo.policy", default="commformer")))
-    try:
-        base = OmegaConf.structured(Config)
-        base.algo = OmegaConf.structured(schema)
-        merged = OmegaConf.merge(base, raw)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if key and type(e).__name__ == "ConfigKeyError":  # a key outside the schema
-            value = OmegaConf.select(raw, key, default="?")
-            raise ConfigError(unknown_key_line(key, value, schema)) from None
-        raise ConfigError(f"{key}: {first}" if key else first) from None
-    except ValueError as e:  # a __post_init__ check wrapped by OmegaConf
-        raise ConfigError(str(e).splitlines()[0]) from None
-
-
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text (stored in checkpoints and the run folder)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def from_yaml(text: str) -> Config:
-    return load_config(OmegaConf.create(text))

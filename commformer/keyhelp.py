@@ -5,18 +5,43 @@ conf/config.yaml's hydra.help.template calls the `commformer_keys` resolver; reg
 (commformer.cli does before Hydra starts). Hydra resolves the template only to print the help."""
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import textwrap
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from commformer.config import AlgoConfig, Config, LoggerConfig, field_docs
+from commformer.config import CommFormerConfig, Config, ConfigError, LoggerConfig
+from commformer.hydra_glue import algo_schema
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its description}: the string literal under each field of a config dataclass and of the
+    dataclasses it extends (its one home; the `--help` text and the key tables of docs/tools.md are made from it)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
 
 RESOLVER = "commformer_keys"
 WIDTH = 118  # wrap descriptions at this column
 KEY_COLUMN = 30  # descriptions start here (a longer key=value pushes its description to the next line)
-SECTIONS = (("algo", AlgoConfig), ("logger", LoggerConfig))
+def sections(cfg: Any) -> tuple[tuple[str, type], ...]:
+    """(group, schema) of the key table: algo.* by the schema of the composed `algo.policy`."""
+    try:
+        algo = algo_schema(str(OmegaConf.select(cfg, "algo.policy", default="commformer")))
+    except ConfigError:
+        algo = CommFormerConfig
+    return (("algo", algo), ("logger", LoggerConfig))
 
 
 def _value_text(value: Any) -> str:
@@ -54,11 +79,12 @@ def key_table(cfg: Any | None = None) -> str:
         if f.name in ("env", "algo", "logger"):
             continue
         lines += _entry(f.name, OmegaConf.select(cfg, f.name, default=None), top_docs.get(f.name, ""))
-    for name, cls in SECTIONS:
+    for name, cls in sections(cfg):
         lines += ["", f"{name}.*: {top_docs[name]}"]
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
-            lines += _entry(f"{name}.{f.name}", OmegaConf.select(cfg, f"{name}.{f.name}", default=None),
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines += _entry(f"{name}.{f.name}", OmegaConf.select(cfg, f"{name}.{f.name}", default=default),
                             docs.get(f.name, ""))
     env = OmegaConf.select(cfg, "env", default=None)
     lines += ["", f"env.*: {top_docs['env']}"]

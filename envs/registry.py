@@ -65,10 +65,16 @@ class EnvSchema:
     extra_keys: bool = False
 
 
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the closest of `choices` (difflib), or "" when none is close."""
+def closest_name(word: str, choices: typing.Iterable[str]) -> str | None:
+    """The closest of `choices` to `word` (difflib, ratio >= 0.6), or None when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest of `choices`, or "" when none is close."""
+    close = closest_name(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def check_family(family: Any) -> str:

@@ -14,7 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from commformer.config import Config, load_config
+from commformer.config import Config
+from commformer.hydra_glue import load_config
 from commformer.fast.policy import FastCommFormerPolicy
 from commformer.method.graph import CommGraph
 from commformer.method.model import CommFormer, ModelShape

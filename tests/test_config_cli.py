@@ -9,7 +9,8 @@ from core_utils import CONF, ROOT, signal_env
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from commformer.config import Config, ConfigError, load_config
+from commformer.config import Config, ConfigError
+from commformer.hydra_glue import load_config
 
 TRAIN = ROOT / "scripts" / "train.py"
 

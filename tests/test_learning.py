@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from commformer.config import load_config
+from commformer.hydra_glue import load_config
 from commformer.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from commformer.analysis import reevaluate
-from commformer.config import load_config
+from commformer.hydra_glue import load_config
 from commformer.analysis.reevaluate import EVAL_CSV_FIELDS, chunk_sizes, evaluate_main, resolve_choices
 from commformer.analysis.report import aggregate_rows, config_differences, report_main
 from commformer.analysis.runs import final_row

@@ -63,7 +63,7 @@ def train_throughput(overrides: list[str], iterations: int) -> dict[str, float]:
     """End-to-end training speed of the config composed from conf/ with `overrides` (after one warm-up iteration)."""
     from hydra import compose, initialize_config_dir
 
-    from commformer.config import load_config
+    from commformer.hydra_glue import load_config
     from commformer.training.trainer import Trainer
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

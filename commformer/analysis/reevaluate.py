@@ -165,7 +165,7 @@ class LoadedRun:
 
 def load_run(arg: str | Path) -> LoadedRun:
     """Load a checkpoint and parse its config; CheckpointError (one line) when either is unusable."""
-    from commformer.config import from_yaml
+    from commformer.hydra_glue import from_yaml
 
     path = checkpoint_path(arg, key="checkpoint")
     state = load_checkpoint(path, map_location="cpu", key="checkpoint")

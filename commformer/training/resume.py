@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from commformer.config import Config, ConfigError, from_yaml
+from commformer.config import Config, ConfigError
+from commformer.hydra_glue import from_yaml
 from commformer.overrides import override_key
 from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 

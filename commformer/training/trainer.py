@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from commformer.config import AlgoConfig, Config, to_yaml
+from commformer.config import AlgoConfig, Config
+from commformer.hydra_glue import to_yaml
 from commformer.errors import TrainingStopped, UserError
 from commformer.policies import build_policy
 from commformer.training.checkpoint import CheckpointError, non_finite, remove_stale_temps, save_checkpoint
