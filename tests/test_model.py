@@ -1,16 +1,32 @@
-"""The CommFormer model through the Agent (REFERENCE.md 2, 5): who can influence whom, masked actions, acting vs
-scoring, and the temporal gate.
+"""The CommFormer model through its policy (docs/method.md, "Attention with the graph", "Decoder", "Temporal gate"):
+who can influence whom, masked actions, acting vs scoring, and the temporal gate; every test on both backends (the
+readable reference and the fused one).
 
 Dependence checks perturb one agent's observation or action and compare every other agent's encoder output or full
 action distribution. Independence is exact (masked weights are exactly 0); each independence test has a control that
 shows the same perturbation does reach an agent allowed to see it.
 """
+import sys
+
 import pytest
 import torch
-from core_utils import action_log_probs, make_agent, random_inputs
+from core_utils import action_log_probs, make_agent, random_inputs, score
 
 from commformer.method.gates import straight_through_gate
 from commformer.method.graph import receive_mask
+from commformer.method.policy import Acting
+
+BACKEND = "fast"
+
+
+@pytest.fixture(autouse=True, params=["fast", "reference"])
+def backend(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "BACKEND", request.param)
+
+
+def agent_of(*args, **kwargs):
+    """core_utils.make_agent on the backend under test."""
+    return make_agent(*args, backend=BACKEND, **kwargs)
 
 N, O, A, B = 5, 6, 4, 8
 # A k = 2 graph (receiver i = row, senders = columns), no self-loops.
@@ -51,7 +67,7 @@ def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
 # ---- encoder -----------------------------------------------------------------------------------------------------
 
 def test_one_layer_encoder_output_depends_exactly_on_row_of_m():
-    agent = make_agent(N, O, A, layers=1)
+    agent = agent_of(N, O, A, layers=1)
     obs, _, alive, _ = random_inputs(B, N, O, A)
     hard = batch_graph()
     enc, value = encoder_output(agent, obs, alive, hard)
@@ -66,7 +82,7 @@ def test_one_layer_encoder_output_depends_exactly_on_row_of_m():
 
 
 def test_dead_sender_is_not_heard():
-    agent = make_agent(N, O, A, layers=1)
+    agent = agent_of(N, O, A, layers=1)
     obs, _, alive, _ = random_inputs(B, N, O, A)
     alive[:, 0] = False  # agent 0 is a sender of receivers 2 and 3 in GRAPH
     hard = batch_graph()
@@ -77,9 +93,9 @@ def test_dead_sender_is_not_heard():
 
 
 def test_dead_agent_is_no_sender_in_the_policy():
-    """Through Agent.score: receivers 2 and 3 (which list agent 0 in GRAPH) hear neither the observation nor the
+    """Through score(): receivers 2 and 3 (which list agent 0 in GRAPH) hear neither the observation nor the
     action of agent 0 once it is dead; while it is alive, they do."""
-    agent = make_agent(N, O, A, layers=1)
+    agent = agent_of(N, O, A, layers=1)
     obs, avail, alive, actions = random_inputs(B, N, O, A)
     hard = batch_graph()
     for dead, heard in ((True, False), (False, True)):
@@ -98,8 +114,8 @@ def test_dead_agent_is_no_sender_in_the_policy():
 @pytest.mark.parametrize("relax_graph", [False, True])
 def test_learned_graph_logits_depend_only_on_row_of_m(relax_graph):
     """One encoder layer: agent i's distribution depends on the observation of j iff j is i or in row i of M, and on
-    the action of j iff j < i and j is in row i (D of REFERENCE.md 2)."""
-    agent = make_agent(N, O, A, mode="learned", sparsity=0.4, layers=1)
+    the action of j iff j < i and j is in row i (D of docs/method.md, "Decoder")."""
+    agent = agent_of(N, O, A, mode="learned", sparsity=0.4, layers=1)
     assert agent.graph.k == 2
     obs, avail, alive, actions = random_inputs(B, N, O, A)
     hard = batch_graph()
@@ -125,7 +141,7 @@ def test_learned_graph_logits_depend_only_on_row_of_m(relax_graph):
 
 
 def test_no_graph_teacher_forced_logits_are_independent():
-    agent = make_agent(N, O, A, mode="none")
+    agent = agent_of(N, O, A, mode="none")
     obs, avail, alive, actions = random_inputs(B, N, O, A)
     hard, _ = agent.graph.sample(B)
     assert not hard.any()
@@ -140,7 +156,7 @@ def test_no_graph_teacher_forced_logits_are_independent():
 
 
 def test_full_graph_control_logits_do_depend_on_others():
-    agent = make_agent(N, O, A, mode="full")
+    agent = agent_of(N, O, A, mode="full")
     obs, avail, alive, actions = random_inputs(B, N, O, A)
     hard, _ = agent.graph.sample(B)
     base = action_log_probs(agent, obs, avail, alive, actions, hard)
@@ -151,7 +167,7 @@ def test_full_graph_control_logits_do_depend_on_others():
 
 
 def act(agent, obs, avail, alive, seed=0, graph_how="sample", gate_how="sample", deterministic=False):
-    return agent.act(obs, avail, alive, graph_how, gate_how, torch.Generator().manual_seed(seed),
+    return agent.act(obs, avail, alive, Acting.of(graph_how, gate_how), torch.Generator().manual_seed(seed),
                      deterministic=deterministic)
 
 
@@ -162,7 +178,7 @@ def test_no_graph_acting_is_independent(deterministic):
     batch = 64
     obs, avail, alive, _ = random_inputs(batch, N, O, A)
     for mode, independent in (("none", True), ("full", False)):
-        agent = make_agent(N, O, A, mode=mode)
+        agent = agent_of(N, O, A, mode=mode)
         out = act(agent, obs, avail, alive, deterministic=deterministic)
         for j in range(N):
             out2 = act(agent, perturb_obs(obs, j), avail, alive, deterministic=deterministic)
@@ -187,7 +203,7 @@ def restricted_inputs(batch: int, seed: int = 0):
 
 
 def test_unavailable_actions_are_never_sampled():
-    agent = make_agent(N, O, A, mode="learned")
+    agent = agent_of(N, O, A, mode="learned")
     with torch.no_grad():  # make the heads prefer action 0 strongly, available or not
         agent.model.head_b[:, 0] = 20.0
     obs, avail, alive, _ = restricted_inputs(512)
@@ -199,7 +215,7 @@ def test_unavailable_actions_are_never_sampled():
 
 
 def test_unavailable_actions_have_zero_probability():
-    agent = make_agent(N, O, A, mode="learned")
+    agent = agent_of(N, O, A, mode="learned")
     obs, avail, alive, actions = restricted_inputs(16)
     actions = avail.float().argmax(-1)  # available actions to condition on
     hard, noise = agent.graph.sample(16, torch.Generator().manual_seed(0))
@@ -210,8 +226,8 @@ def test_unavailable_actions_have_zero_probability():
     single = torch.zeros_like(avail)
     single[..., 2] = True
     with torch.no_grad():
-        _, entropy, _, _ = agent.score(obs, single, alive, torch.full((16, N), 2), hard, noise, None,
-                                       relax_graph=False, relax_gate=False)
+        _, entropy, _, _ = score(agent, obs, single, alive, torch.full((16, N), 2), hard, noise, None,
+                                 relax_graph=False, relax_gate=False)
     torch.testing.assert_close(entropy, torch.zeros(16, N), atol=1e-6, rtol=0)
 
 
@@ -220,8 +236,8 @@ def test_unavailable_actions_have_zero_probability():
 @pytest.mark.parametrize("mode,gate", [("learned", False), ("learned", True), ("full", False), ("none", False),
                                        ("random", True)])
 def test_act_and_score_agree(mode, gate):
-    """Agent.act's log-probs and values equal Agent.score's teacher-forced pass on the same actions and graph."""
-    agent = make_agent(N, O, A, mode=mode, gate=gate, layers=2)
+    """act()'s log-probs and values equal score()'s teacher-forced pass on the same actions and graph."""
+    agent = agent_of(N, O, A, mode=mode, gate=gate, layers=2)
     obs, avail, alive, _ = restricted_inputs(32)
     alive[:4, 1] = False  # a few dead agents: zero observation, only action 0
     obs[:4, 1] = 0.0
@@ -230,11 +246,11 @@ def test_act_and_score_agree(mode, gate):
     out = act(agent, obs, avail, alive, seed=3)
     assert (out.gate is not None) == gate
     if mode == "learned":
-        assert out.noise.abs().sum() > 0  # a sampled graph
+        assert out.stored["noise"].abs().sum() > 0  # a sampled graph
     for relax in (False, True):
         with torch.no_grad():
-            logp, _, value, p = agent.score(obs, avail, alive, out.actions, out.graph, out.noise, out.gate,
-                                            relax_graph=relax, relax_gate=relax)
+            logp, _, value, p = score(agent, obs, avail, alive, out.actions, out.graph, out.stored["noise"], out.gate,
+                                      relax_graph=relax, relax_gate=relax)
         torch.testing.assert_close(logp, out.log_prob, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(value, out.value, atol=1e-5, rtol=1e-5)
         if gate:
@@ -254,7 +270,7 @@ def test_gate_straight_through_equals_the_decision():
 
 def test_closed_gate_isolates_the_agent():
     """A closed gate: agent 1 receives neither observations nor actions; open agents still do (control)."""
-    agent = make_agent(N, O, A, mode="full", gate=True, layers=2)
+    agent = agent_of(N, O, A, mode="full", gate=True, layers=2)
     obs, avail, alive, actions = random_inputs(B, N, O, A)
     hard, _ = agent.graph.sample(B)
     gate = torch.ones(B, N, dtype=torch.bool)
@@ -275,7 +291,7 @@ def test_closed_gate_isolates_the_agent():
 
 def test_closed_gates_in_acting():
     """p ~ 0 with the evaluation threshold: every gate closed, so acting agents are independent of each other."""
-    agent = make_agent(N, O, A, mode="full", gate=True)
+    agent = agent_of(N, O, A, mode="full", gate=True)
     with torch.no_grad():
         agent.model.gate.net[2].bias.fill_(-30.0)
     obs, avail, alive, _ = random_inputs(64, N, O, A)
@@ -290,7 +306,7 @@ def test_closed_gates_in_acting():
 
 
 def test_gate_starts_open():
-    agent = make_agent(N, O, A, gate=True)
+    agent = agent_of(N, O, A, gate=True)
     obs, avail, alive, _ = random_inputs(B, N, O, A)
     out = act(agent, obs, avail, alive)
     torch.testing.assert_close(out.gate_prob, torch.full((B, N), 0.9))

@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -25,9 +24,8 @@ from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_c
 from commformer.cli_args import positive_int
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
-from commformer.method.policy import Acting
-from commformer.policies import build_policy
-from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, non_finite
+from commformer.analysis.loaded_run import (EVALUATE_SEED_OFFSET, LoadedRun, build_eval_policy, default_seed,
+                                            load_run, resolve_choices)
 from commformer.training.graph_history import choice_name
 from envs.registry import family_note
 
@@ -39,7 +37,6 @@ ABSOLUTE_FACTOR = 10
 # at most this many env copies at once (evaluate() runs one episode per copy)
 MAX_CHUNK = 1000
 # default seed = the run's seed + this; training evaluates at seed + EVAL_SEED_OFFSET (1,000,000)
-EVALUATE_SEED_OFFSET = 2_000_000
 GRAPH_OPTIONS = ("auto", "deterministic", "sample", "full")
 GATE_OPTIONS = ("auto", "threshold", "open", "sample")
 
@@ -89,22 +86,6 @@ def default_episodes(cfg) -> int:
     return ABSOLUTE_FACTOR * cfg.eval_episode_count
 
 
-def default_seed(train_seed: int) -> int:
-    return train_seed + EVALUATE_SEED_OFFSET
-
-
-def resolve_choices(policy, graph: str, gate: str, cfg, iteration: int):
-    """The acting choices (Policy.acting) of an evaluation; 'auto' follows the trainer's evaluation at `iteration`.
-    An explicit graph or gate choice applies to CommFormer's policies (their Acting) only."""
-    auto = policy.acting(policy.phase(max(iteration - 1, 0), cfg.iterations), True)
-    if graph == "auto" and gate == "auto":
-        return auto
-    if not isinstance(auto, Acting):
-        raise UsageError(f"--graph {graph} / --gate {gate}: algo.policy={cfg.algo.policy!r} has no graph or gate "
-                         "choices; allowed: auto")
-    return Acting.of(auto.graph if graph == "auto" else graph, auto.gate if gate == "auto" else gate)
-
-
 def parse_device(text: str) -> torch.device:
     try:
         device = torch.device(text)
@@ -144,57 +125,6 @@ class EpisodeRecorder:
         close = getattr(self.env, "close", None)
         if close is not None:
             close()
-
-
-@dataclass
-class LoadedRun:
-    """A checkpoint rebuilt for evaluation."""
-
-    path: Path
-    cfg: Any  # commformer.config.Config
-    state: dict[str, Any]
-
-    @property
-    def iteration(self) -> int:
-        return int(self.state.get("iteration", 0))
-
-    @property
-    def env_steps(self) -> int:
-        return int(self.state.get("env_steps", 0))
-
-
-def load_run(arg: str | Path) -> LoadedRun:
-    """Load a checkpoint and parse its config; CheckpointError (one line) when either is unusable."""
-    from commformer.hydra_glue import from_yaml
-
-    path = checkpoint_path(arg, key="checkpoint")
-    state = load_checkpoint(path, map_location="cpu", key="checkpoint")
-    for key in ("config", "model", "graph"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry; expected a file written by "
-                                  "commformer's trainer")
-    bad = non_finite(state["policy"])
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {str(path)!r}: {bad} is not finite (the run diverged); refusing to "
-                              "evaluate it")
-    try:
-        cfg = from_yaml(state["config"])
-    except (ValueError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} holds no valid config ({first})") from None
-    return LoadedRun(path, cfg, state)
-
-
-def build_eval_policy(run: LoadedRun, spec, device: torch.device):
-    """The run's policy with the checkpoint's weights, in eval mode."""
-    agent = build_policy(run.cfg.algo, spec, run.cfg.seed, device)
-    try:
-        agent.load_state_dict(run.state["policy"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        first = str(e).splitlines()[0][:200]
-        raise CheckpointError(f"checkpoint {str(run.path)!r} does not match the model of its own config "
-                              f"({first})") from None
-    return agent.eval()
 
 
 def episode_metric_name(key: str) -> str:

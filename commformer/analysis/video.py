@@ -66,7 +66,7 @@ def record_episodes(run: Any, device: torch.device, graph: str = "auto", gate: s
     """Play `episodes` episodes of checkpoint `run` (a reevaluate.LoadedRun) on one env copy reset with `seed`
     (default: reevaluate's default seed); returns (frames, each [H,W,3] uint8, one per step; per-episode stats:
     return, length and task metrics)."""
-    from commformer.analysis.reevaluate import build_eval_policy, default_seed, resolve_choices
+    from commformer.analysis.loaded_run import build_eval_policy, default_seed, resolve_choices
     from envs.render_adapters import make_render_env  # envs' renderers: one declared method, render_frame
 
     cfg = run.cfg
@@ -143,7 +143,7 @@ def log_final_video(trainer: Any) -> None:
     """logger.video: one evaluation episode of a Trainer's final checkpoint, drawn by the env's renderer, into
     videos/final.gif and logged as a wandb video; a warning instead where the env does not draw or the [plot] extra
     is missing."""
-    from commformer.analysis.reevaluate import load_run
+    from commformer.analysis.loaded_run import load_run
 
     try:
         frames, _ = record_episodes(load_run(trainer.run_dir), trainer.device, episodes=1)
