@@ -237,7 +237,7 @@ class LoggerConfig:
     """wandb images at each evaluation: the alpha (or fixed graph) heatmap and the per-agent gate-open rates"""
     video: bool = False
     """at the end of the run, one evaluation episode of the final checkpoint as videos/final.gif and a wandb video
-    (envs that draw frames; the [plot] extra)"""
+    (envs that draw frames; the [plot] extra; scripts/train.py records it: Trainer.train(at_end=...) in code)"""
     tensorboard: bool = False
     """also write TensorBoard event files (needs the [tensorboard] extra)"""
     progress: bool = True

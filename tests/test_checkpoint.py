@@ -26,7 +26,7 @@ def test_round_trip_restores_everything(trained):
     try:
         assert resumed.iteration == trained.iteration == 2
         assert resumed.env_steps == trained.env_steps == 32
-        assert state_equal(resumed.agent.state_dict(), trained.agent.state_dict())
+        assert state_equal(resumed.policy.state_dict(), trained.policy.state_dict())
         assert state_equal(resumed.opt.state_dict(), trained.opt.state_dict())
         assert len(trained.opt.network.state) > 0 and trained.opt.graph is not None
         assert len(trained.opt.graph.state) > 0  # Adam moments exist and came back
@@ -43,7 +43,7 @@ def test_resume_from_run_folder(trained):
     resumed = Trainer(dataclasses.replace(trained.cfg, resume=str(trained.run_dir)), trained.run_dir)
     try:
         assert resumed.iteration == 2
-        assert state_equal(resumed.agent.state_dict(), trained.agent.state_dict())
+        assert state_equal(resumed.policy.state_dict(), trained.policy.state_dict())
     finally:
         resumed.logger.close()
         resumed.close()
@@ -54,7 +54,8 @@ def test_checkpoint_is_weights_only_loadable(trained):
     assert state["format"] == FORMAT
     assert state["iteration"] == 2 and state["env_steps"] == 32
     assert isinstance(state["config"], str) and "graph: learned" in state["config"]
-    for key in ("model", "graph", "optimisers", "value_norm", "rng", "env", "current_step"):
+    assert "graph.alpha" in state["policy"] and "model.head_w" in state["policy"]
+    for key in ("policy", "optimisers", "value_norm", "rng", "env", "current_step"):
         assert state[key] is not None, key
     assert not list((trained.run_dir / "checkpoints").glob("*.tmp")), "temp files left behind"
 

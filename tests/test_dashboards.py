@@ -17,7 +17,7 @@ import pytest
 from core_utils import ROOT, TINY_PP, make_config, read_csv
 from wandb_records import isolate_wandb, of_type, offline_runs, wandb_env, wandb_records
 
-from commformer.config import AlgoConfig, Config, LoggerConfig
+from commformer.config import CommFormerConfig, Config, LoggerConfig
 from commformer.keyhelp import field_docs
 from commformer.training.checkpoint import load_checkpoint
 from commformer.training.sweep_naming import sweep_group
@@ -244,8 +244,8 @@ def test_help_shows_every_key_with_its_value_and_description(tmp_path):
     assert out.returncode == 0, out.stderr
     flat = " ".join(out.stdout.split())
     assert "algo: commformer, commformer_gated, full, nocomm, random" in out.stdout
-    assert f"algo.sparsity=0.4 {field_docs(AlgoConfig)['sparsity']}" in flat
-    for prefix, cls in (("", Config), ("algo.", AlgoConfig), ("logger.", LoggerConfig)):
+    assert f"algo.sparsity=0.4 {field_docs(CommFormerConfig)['sparsity']}" in flat
+    for prefix, cls in (("", Config), ("algo.", CommFormerConfig), ("logger.", LoggerConfig)):
         for key, doc in field_docs(cls).items():
             if key in ("env", "algo", "logger"):
                 continue
@@ -266,7 +266,9 @@ def test_video_of_an_evaluation_episode_at_the_end(tmp_path, monkeypatch):
     isolate_wandb(monkeypatch, tmp_path / "wandb_home")
     cfg = make_config(tmp_path, env=TINY_PP, iterations=1,
                       logger={"wandb": "offline", "project": "commformer-tests", "media": False, "video": True})
-    Trainer(cfg, tmp_path).train()
+    from commformer.analysis.video import log_final_video
+
+    Trainer(cfg, tmp_path).train(at_end=log_final_video)  # as scripts/train.py passes it with logger.video=true
     (run,) = offline_runs(tmp_path)
     videos = [h["item"] for h in of_type(wandb_records(run), "history") if "media/eval_episode._type" in h["item"]]
     assert len(videos) == 1 and videos[0]["media/eval_episode._type"] == "video-file"

@@ -204,7 +204,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert "\n" not in message and message.startswith("iteration 3:") and "not finite" in message
     assert "checkpoints/last.pt of iteration 2 is kept" in message
     ckpt = load_checkpoint(tmp_path)
-    assert ckpt["iteration"] == 2 and non_finite({"m": ckpt["model"], "g": ckpt["graph"]}) is None
+    assert ckpt["iteration"] == 2 and non_finite(ckpt["policy"]) is None
 
 
 def test_diverging_learning_rates_stop_with_one_line(tmp_path):
@@ -215,28 +215,28 @@ def test_diverging_learning_rates_stop_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if done.returncode == 0:  # it did not diverge: then every saved weight must be finite
         ckpt = load_checkpoint(run_dir)
-        assert non_finite({"m": ckpt["model"], "g": ckpt["graph"]}) is None
+        assert non_finite(ckpt["policy"]) is None
         return
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and len(errors) == 1 and "not finite" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     if (run_dir / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(run_dir)
-        assert non_finite({"m": ckpt["model"], "g": ckpt["graph"]}) is None
+        assert non_finite(ckpt["policy"]) is None
 
 
 def test_evaluate_refuses_a_non_finite_checkpoint(tiny_run, tmp_path, capsys):
     from commformer.analysis.reevaluate import evaluate_main
 
     ckpt = load_checkpoint(tiny_run)
-    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
-    ckpt["model"][key] = torch.full_like(ckpt["model"][key], float("nan"))
+    key = next(k for k, v in ckpt["policy"].items() if v.is_floating_point())
+    ckpt["policy"][key] = torch.full_like(ckpt["policy"][key], float("nan"))
     bad = tmp_path / "nan.pt"
     torch.save(ckpt, bad)
     with pytest.raises(SystemExit) as info:
         evaluate_main([str(bad)])
     err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and f"model.{key}" in err and "not finite" in err
+    assert info.value.code == 2 and err.count("\n") == 1 and key in err and "not finite" in err
 
 
 # ---- faults while writing -----------------------------------------------------------------------------------------

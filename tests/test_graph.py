@@ -1,5 +1,6 @@
-"""The communication graph (REFERENCE.md 1, 2): k senders per row among the others, the receive mask M, the decoder
-mask D, the straight-through relaxation, the fixed baseline graphs, margins and message counts."""
+"""The communication graph (docs/method.md, "Communication graph", "Decoder"): k senders per row among the others,
+the receive mask M, the decoder mask D, the straight-through relaxation, the fixed baseline graphs, margins and
+message counts."""
 import math
 
 import pytest
@@ -159,7 +160,7 @@ def test_unknown_mode_is_rejected():
 
 
 def decoder_mask_loop(m: torch.Tensor) -> torch.Tensor:
-    """D[b, i, p] = 1 if p == 0, else M[b, i, p-1] if 1 <= p <= i, else 0 (REFERENCE.md 2), by plain loops."""
+    """D[b, i, p] = 1 if p == 0, else M[b, i, p-1] if 1 <= p <= i, else 0 (docs/method.md, "Decoder"), by plain loops."""
     B, N, _ = m.shape
     d = torch.zeros(B, N, N)
     for b in range(B):

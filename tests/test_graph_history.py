@@ -28,7 +28,7 @@ def capture_alpha(monkeypatch):
     original = Trainer.evaluate
 
     def evaluate(self):
-        g = self.agent.graph
+        g = self.policy.graph
         seen.append((self.iteration, g.alpha.detach().clone() if g.learned else None, g.deterministic().clone()))
         return original(self)
 
@@ -79,7 +79,7 @@ def test_resume_drops_records_past_the_checkpoint_and_appends(tmp_path):
         tr.logger.log({**tr.iterate(), **tr.evaluate()})
         if tr.iteration == 2:
             tr.save()
-            alpha_at_2 = tr.agent.graph.alpha.detach().clone()
+            alpha_at_2 = tr.policy.graph.alpha.detach().clone()
     tr.logger.close()
     stale = history(tmp_path)[2]
     assert [r["iteration"] for r in history(tmp_path)] == [1, 2, 3]
@@ -89,7 +89,7 @@ def test_resume_drops_records_past_the_checkpoint_and_appends(tmp_path):
     resumed.train()
     recs = history(tmp_path)
     assert [r["iteration"] for r in recs] == [1, 2, 3]
-    assert torch.equal(torch.tensor(recs[2]["alpha"]), resumed.agent.graph.alpha.detach())
+    assert torch.equal(torch.tensor(recs[2]["alpha"]), resumed.policy.graph.alpha.detach())
     assert stale["iteration"] == 3
     Trainer(make_config(tmp_path, iterations=1), tmp_path).train()  # a new run (no resume) in the same folder
     assert [r["iteration"] for r in history(tmp_path)] == [1]

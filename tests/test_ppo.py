@@ -1,4 +1,4 @@
-"""PPO pieces (REFERENCE.md 3): GAE with truncation bootstrap, the value normaliser, masked means and the losses,
+"""PPO pieces (docs/method.md, "PPO"): GAE with truncation bootstrap, the value normaliser, masked means and the losses,
 pinned against numbers worked out by hand and against a plain-loop reference."""
 import math
 
@@ -48,7 +48,7 @@ def test_gae_hand_computed():
 
 
 def gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """REFERENCE.md 3, one element at a time in plain Python floats."""
+    """docs/method.md, "PPO", one element at a time in plain Python floats."""
     T, B, N = rewards.shape
     adv = torch.zeros(T, B, N, dtype=torch.float64)
     for b in range(B):

@@ -1,4 +1,4 @@
-"""Exact behaviour of the batched Predator-Prey and Predator-Capture-Prey envs (REFERENCE.md 6).
+"""Exact behaviour of the batched Predator-Prey and Predator-Capture-Prey envs (docs/tasks.md, "Predator-Prey").
 
 Transition tests run at B=1 and B=64: every env of the batch is placed in the same hand-made state and must take
 exactly the same transition.

@@ -59,12 +59,19 @@ def test_chunk_sizes():
 
 
 def test_auto_choices_follow_the_trainers_evaluation():
+    from commformer.policies import build_policy
+
+    def policy(cfg):
+        return build_policy(cfg.algo, type("Spec", (), {"n_agents": 3, "obs_dim": 4, "n_actions": 5}), 1, "cpu")
+
     cfg = tiny_config(algo={"warmup_iters": 10, "gate": True})
-    assert resolve_choices("auto", "auto", cfg, iteration=2) == ("full", "open")  # in warmup
-    assert resolve_choices("auto", "auto", cfg, iteration=11) == ("deterministic", "threshold")
-    assert resolve_choices("sample", "sample", cfg, iteration=2) == ("sample", "sample")
+    p = policy(cfg)
+    assert resolve_choices(p, "auto", "auto", cfg, iteration=2) == ("full", "open")  # in warmup
+    assert resolve_choices(p, "auto", "auto", cfg, iteration=11) == ("deterministic", "threshold")
+    assert resolve_choices(p, "sample", "sample", cfg, iteration=2) == ("sample", "sample")
+    assert resolve_choices(p, "auto", "sample", cfg, iteration=11) == ("deterministic", "sample")
     fixed = tiny_config(algo={"graph": "full"})
-    assert resolve_choices("auto", "auto", fixed, iteration=1) == ("deterministic", "threshold")
+    assert resolve_choices(policy(fixed), "auto", "auto", fixed, iteration=1) == ("deterministic", "threshold")
 
 
 def test_evaluate_reproduces_the_training_evaluation_on_its_seed(tiny_run, tmp_path, caplog):

@@ -60,7 +60,7 @@ def test_tiny_run_per_env_family(tmp_path, env, metric, extra):
         assert metric in rows[-1] and 0.0 <= float(rows[-1][metric]) <= 1.0
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     spec = trainer.env.spec
-    k = trainer.agent.graph.k
+    k = trainer.policy.graph.k
     # iteration 2 samples learned graphs: k senders per receiver, none dead in these envs at the first step
     assert float(rows[-1]["comm/messages_per_step"]) <= spec.n_agents * k + 1e-6
 

@@ -97,7 +97,7 @@ def test_resume_equals_straight_run(tmp_path):
     assert resumed.iteration == 2 and resumed.env_steps == 32
     resumed.train()
     assert resumed.iteration == 4 and resumed.env_steps == 64
-    assert state_equal(resumed.agent.state_dict(), straight.agent.state_dict())
+    assert state_equal(resumed.policy.state_dict(), straight.policy.state_dict())
     assert state_equal(resumed.opt.state_dict(), straight.opt.state_dict())
     _, rows_straight = read_csv(tmp_path / "straight" / "metrics.csv")
     _, rows_resumed = read_csv(tmp_path / "elsewhere" / "metrics.csv")
@@ -204,13 +204,13 @@ def test_eval_sampled_adds_columns_with_sampled_actions(tmp_path, monkeypatch):
     cfg = make_config(tmp_path, env=TINY_PP, iterations=1, eval_sampled=True, eval_episodes=16)
     tr = Trainer(cfg, tmp_path)
     flags = []
-    real = tr.agent.act
+    real = tr.policy.act
 
     def act(*args, deterministic=False, **kw):
         flags.append(deterministic)
         return real(*args, deterministic=deterministic, **kw)
 
-    monkeypatch.setattr(tr.agent, "act", act)
+    monkeypatch.setattr(tr.policy, "act", act)
     result = tr.train()
     assert {"eval_sampled/return", "eval_sampled/success", "eval_sampled/steps"} <= set(result)
     assert True in flags and flags[-1] is False  # the argmax evaluation, then the sampled one
@@ -248,14 +248,14 @@ def test_obs_norm_statistics_follow_the_rollouts_and_travel_with_the_checkpoint(
     cfg = make_config(tmp_path, env=TINY_PP, iterations=3, algo={"obs_norm": True})
     tr = Trainer(cfg, tmp_path)
     rows = [tr.iterate() for _ in range(3)]
-    norm = tr.agent.model.obs_norm
+    norm = tr.policy.model.obs_norm
     steps = cfg.num_envs * cfg.rollout_length * tr.env.spec.n_agents
     assert norm.count.item() == 3 * steps  # Predator-Prey: every agent alive at every step
     assert float(norm.var.max()) != 1.0 and float(norm.mean.abs().max()) > 0
     assert all(row["loss/acting_log_prob_gap"] < 1e-4 for row in rows)
     tr.save()
-    state = load_checkpoint(tmp_path)["model"]
-    assert torch.equal(state["obs_norm.mean"], norm.mean) and state["obs_norm.count"].item() == 3 * steps
+    state = load_checkpoint(tmp_path)["policy"]
+    assert torch.equal(state["model.obs_norm.mean"], norm.mean) and state["model.obs_norm.count"].item() == 3 * steps
     off = Trainer(make_config(tmp_path / "off", env=TINY_PP, iterations=1), tmp_path / "off")
-    assert off.agent.model.obs_norm is None
-    assert not any(k.startswith("obs_norm") for k in off.agent.model.state_dict())
+    assert off.policy.model.obs_norm is None
+    assert not any(k.startswith("obs_norm") for k in off.policy.model.state_dict())

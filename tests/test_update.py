@@ -10,10 +10,10 @@ from core_utils import TINY_PP, make_config
 
 
 def test_minibatches_partition_the_rows():
-    batch = {"obs": torch.arange(10.0)[:, None], "gate": None}
+    batch = {"obs": torch.arange(10.0)[:, None], "gate": torch.arange(10) % 2 == 0}
     torch.manual_seed(0)
     parts = minibatches(batch, 3)
-    assert len(parts) == 3 and all(p["gate"] is None for p in parts)
+    assert len(parts) == 3 and all(torch.equal(p["gate"], p["obs"][:, 0].long() % 2 == 0) for p in parts)
     rows = torch.cat([p["obs"][:, 0] for p in parts])
     assert sorted(rows.tolist()) == list(range(10))  # each row exactly once
     assert minibatches(batch, 1)[0] is batch  # one minibatch: the batch itself, in order

@@ -1,4 +1,4 @@
-"""PPO pieces: GAE with truncation bootstrap, the running value normaliser, and the masked losses (REFERENCE.md 3).
+"""PPO pieces: GAE with truncation bootstrap, the running value normaliser, and the masked losses (docs/method.md, "PPO").
 
 Shapes: T rollout length, B envs, N agents. Masks: `active` [.., N] bool selects the entries that count.
 """

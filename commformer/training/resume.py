@@ -100,3 +100,12 @@ def carry_files(resume: str | Path, run_dir: Path) -> None:
         if (source / name).is_file() and not (run_dir / name).exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, run_dir / name)
+
+
+def resumed_wandb_id(ckpt: dict[str, Any], run_dir: Path) -> str | None:
+    """The wandb run a resume continues: the checkpoint's, when the run goes on in the folder that wrote it; a copy
+    of the folder is a run of its own and gets a new wandb run (None)."""
+    recorded = ckpt.get("run_dir")
+    if not ckpt.get("wandb_id") or not recorded:
+        return None
+    return str(ckpt["wandb_id"]) if Path(recorded).resolve() == Path(run_dir).resolve() else None

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +17,7 @@ from omegaconf import OmegaConf
 
 from commformer.config import AlgoConfig, Config
 from commformer.hydra_glue import to_yaml
-from commformer.errors import TrainingStopped, UserError
+from commformer.errors import TrainingStopped
 from commformer.policies import build_policy
 from commformer.training.checkpoint import CheckpointError, non_finite, remove_stale_temps, save_checkpoint
 from commformer.training.evaluation import EVAL_SEED_OFFSET, evaluate_with_details
@@ -28,7 +26,9 @@ from commformer.training.logger import Logger
 from commformer.training.media import graph_media
 from commformer.training.optimisers import NonFiniteError, Optimisers
 from commformer.training.ppo import ValueNorm
-from commformer.training.resume import carry_files, plan_resume
+from commformer.training.resume import carry_files, plan_resume, resumed_wandb_id
+from commformer.training.run_folder import RunFolderError, start_run_folder
+from commformer.training.signals import catch_stop_signals, restore_signals
 from commformer.training.rollout import Collector
 from commformer.training.update import ppo_update
 from envs.core import STEP_TENSORS, Step
@@ -38,30 +38,8 @@ log = logging.getLogger("commformer")
 
 
 
-class RunFolderError(UserError):
-    """The run folder cannot be written."""
-
-
 # best.pt keeps the checkpoint of the evaluation with the highest of the first of these that the env reports
 BEST_KEYS = ("eval/success", "eval/won", "eval/return")
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def resumed_wandb_id(ckpt: dict[str, Any], run_dir: Path) -> str | None:
-    """The wandb run a resume continues: the checkpoint's, when the run goes on in the folder that wrote it; a copy
-    of the folder is a run of its own and gets a new wandb run (None)."""
-    recorded = ckpt.get("run_dir")
-    if not ckpt.get("wandb_id") or not recorded:
-        return None
-    return str(ckpt["wandb_id"]) if Path(recorded).resolve() == Path(run_dir).resolve() else None
 
 
 class Trainer:
@@ -96,13 +74,10 @@ class Trainer:
         else:
             self.collector.reset(cfg.seed, self.policy)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-            (self.run_dir / "git_revision.txt").write_text(git_revision() + "\n")
-        except OSError as e:
+            start_run_folder(self.run_dir, to_yaml(cfg))
+        except RunFolderError:
             self.close()
-            raise RunFolderError(f"run folder {str(self.run_dir)!r} cannot be written: {e.strerror or e} "
-                                 "(give a writable run_dir or hydra.run.dir)") from None
+            raise
         remove_stale_temps(self.run_dir / "checkpoints")
         self.logger = Logger(cfg.logger, self.run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
                              cfg.iterations * cfg.batch_env_steps, self.run_name, start_env_steps=self.env_steps,
@@ -280,7 +255,7 @@ class Trainer:
         the run after the current iteration with a checkpoint (TrainingStopped, exit status 128 + the signal); a
         second SIGINT stops at once."""
         cfg = self.cfg
-        previous = self._catch_signals()
+        previous = catch_stop_signals(self.on_signal)
         try:
             if cfg.eval_at_start and self.iteration == 0:
                 self.last_eval = self.evaluate()
@@ -308,29 +283,18 @@ class Trainer:
                 at_end(self)
             self.logger.summary(self.summary_lines())
         finally:
-            self._restore_signals(previous)
+            restore_signals(previous)
             self.logger.close()
             self.close()
         return self.last_eval
 
-    def _catch_signals(self) -> dict[int, Any]:
-        """Route SIGINT / SIGTERM to a flag checked after each iteration (main thread only); returns the old handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            log.warning("%s received: stopping after this iteration with a checkpoint (Ctrl-C again to stop now)",
-                        signal.Signals(signum).name)
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signals(previous: dict[int, Any]) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    def on_signal(self, signum: int) -> None:
+        """SIGINT / SIGTERM: stop after this iteration with a checkpoint; a second SIGINT stops at once."""
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        log.warning("%s received: stopping after this iteration with a checkpoint (Ctrl-C again to stop now)",
+                    signal.Signals(signum).name)
 
     def summary_lines(self) -> list[str]:
         lines = [f"run folder: {self.run_dir}", f"env steps: {self.env_steps}  iterations: {self.iteration}"]

@@ -1,0 +1,33 @@
+"""A run folder's first files: the resolved config and the code's git revision (the rest of the folder is written
+by the logger, the graph history and the checkpoints)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from commformer.errors import UserError
+
+
+class RunFolderError(UserError):
+    """The run folder cannot be written."""
+
+
+def git_revision() -> str:
+    """The commit of this checkout (HEAD), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_run_folder(run_dir: Path, config_yaml: str) -> None:
+    """Create `run_dir` with config.yaml and git_revision.txt; RunFolderError (one line) when it cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+        (run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+    except OSError as e:
+        raise RunFolderError(f"run folder {str(run_dir)!r} cannot be written: {e.strerror or e} "
+                             "(give a writable run_dir or hydra.run.dir)") from None
