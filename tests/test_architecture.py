@@ -243,16 +243,19 @@ def repository_text_files() -> list[Path]:
     return sorted(out)
 
 
-def test_nothing_cites_the_retired_notes():
-    hits = []
+def repository_lines():
+    """(place "path:line", line text) of every line of the repository's text files."""
     for path in repository_text_files():
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
         for lineno, line in enumerate(text.splitlines(), 1):
-            if any(name in line for name in RETIRED):
-                hits.append(f"{path.relative_to(ROOT).as_posix()}:{lineno}")
+            yield f"{path.relative_to(ROOT).as_posix()}:{lineno}", line
+
+
+def test_nothing_cites_the_retired_notes():
+    hits = [place for place, line in repository_lines() if any(name in line for name in RETIRED)]
     assert not hits, f"{len(hits)} lines cite {' / '.join(RETIRED)}:\n" + "\n".join(hits[:50])
 
 
@@ -263,18 +266,30 @@ def test_every_docs_citation_names_an_existing_page_and_section():
     """'docs/<page>.md' in code, tests, configs and docs names a file of the repository, and 'docs/<page>.md,
     "<Heading>"' one of that page's headings."""
     bad = []
-    for path in repository_text_files():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        for lineno, line in enumerate(text.splitlines(), 1):
-            for page, section in CITATION.findall(line):
-                target = ROOT / page
-                if not target.is_file():
-                    bad.append(f"{path.relative_to(ROOT).as_posix()}:{lineno}: {page} does not exist")
-                elif section:
-                    headings = {h.strip() for h in re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)}
-                    if section not in headings:
-                        bad.append(f"{path.relative_to(ROOT).as_posix()}:{lineno}: {page} has no heading {section!r}")
+    for place, line in repository_lines():
+        for page, section in CITATION.findall(line):
+            target = ROOT / page
+            if not target.is_file():
+                bad.append(f"{place}: {page} does not exist")
+            elif section:
+                headings = {h.strip() for h in re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)}
+                if section not in headings:
+                    bad.append(f"{place}: {page} has no heading {section!r}")
     assert not bad, "\n".join(bad[:50])
+
+
+def test_readme_layout_agrees_with_the_tree():
+    """Every path the README names exists, and its layout block names every package and top-level module of
+    commformer/ and every top-level folder of the repository's fixed layout."""
+    readme = (ROOT / "README.md").read_text()
+    for path in re.findall(r"`((?:commformer|envs|conf|scripts|docs|tests)/[\w/.-]*)`", readme):
+        assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+    section = readme.split("## Layout and reading order", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    for entry in sorted((ROOT / "commformer").iterdir()):
+        if entry.name.startswith("__") or entry.name.endswith(".egg-info"):
+            continue
+        name = entry.name + "/" if entry.is_dir() else entry.name
+        assert name in block, f"the README's layout does not mention commformer/{name}"
+    for top in ("commformer/", "envs/", "conf/", "scripts/", "docs/", "tests/"):
+        assert top in block, top
