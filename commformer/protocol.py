@@ -7,8 +7,9 @@ the `Policy` protocol below. A policy is an nn.Module (its state_dict is its che
   value() receive back (CommFormer's: which graph and gate to act on). `upper_level` policies (CommFormer's graph)
   step a second optimiser on the epochs `steps_upper(phase, epoch)` names, on the env columns
   `upper_columns(num_envs, phase)` gives (None: all of them).
-- acting: `act(...)` returns an ActOut whose `stored` holds, per env, everything score() needs to replay this step
-  exactly (CommFormer: the acting graph, its Gumbel noise and the gate decisions; a recurrent policy: the hidden
+- acting: `plan_rollout` prepares a rollout of T steps (what stays fixed, random numbers drawn at once; None for
+  nothing), `planned_storage(plan)` the stored fields already known for all T steps; `act(...)` returns an ActOut
+  whose `stored` holds, per env, everything score() needs to replay this step exactly (CommFormer: the acting graph, its Gumbel noise and the gate decisions; a recurrent policy: the hidden
   state it acted from). `storage(num_envs)` declares those fields. `carry` is what a policy keeps from one step to the
   next in an env (a recurrent hidden state; None for memoryless policies): act() receives the carry of the step and
   returns the next one, `reset_carry` clears it where an env's episode starts.
@@ -16,7 +17,8 @@ the `Policy` protocol below. A policy is an nn.Module (its state_dict is its che
   under the stored decisions and the carry it had before the reset; `bootstrap_stored` gives the stored fields for
   an observation nobody acted on yet (the last one of a rollout).
 - the update: `score(batch, phase, upper, relax)` over stored rows, with gradients; `param_groups()`.
-- reporting: messages per step (in ActOut), `rollout_metrics`, `iteration_metrics`, `summary_lines`, and
+- reporting: `messages(stored, alive)` (per env and step, the (receiver, sender) pairs where the receiver heard the
+  sender: the project's one definition of a message), `rollout_metrics`, `iteration_metrics`, `summary_lines`, and
   `comm_graph` (an object with mode, k, learned, alpha and margins(), or None) for the graph history.
 Shapes: B envs (or R rows in an update), N agents, O obs width, A actions.
 """
@@ -41,7 +43,6 @@ class ActOut:
     log_prob: Tensor  # [B,N] f32
     value: Tensor  # [B,N] f32 (the value normaliser's units)
     stored: dict[str, Tensor]  # per env, what score() needs to replay the step ([B,...] each)
-    messages: Tensor  # [B] f32: (receiver, sender) pairs where the receiver heard the sender at this step
     carry: Any = None  # the policy's per-env state after this step (None: memoryless)
     graph: Optional[Tensor] = None  # [B,N,N] bool acting graph (receiver i, sender j), for the graph history
     gate: Optional[Tensor] = None  # [B,N] bool gate decisions, where the policy has a gate
@@ -79,6 +80,8 @@ class Policy(Protocol):
 
     def plan_rollout(self, steps: int, batch: int, how: Any, generator: Optional[torch.Generator]) -> Any: ...
 
+    def planned_storage(self, plan: Any) -> dict[str, Tensor]: ...
+
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Any, generator: Optional[torch.Generator],
             deterministic: bool = False, plan: Any = None, t: int = 0, carry: Any = None) -> ActOut: ...
 
@@ -94,6 +97,8 @@ class Policy(Protocol):
     def param_groups(self) -> tuple[list[dict[str, Any]], list[torch.nn.Parameter]]: ...
 
     def after_update(self, obs: Tensor, alive: Tensor) -> None: ...
+
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor: ...
 
     def rollout_metrics(self, stored: dict[str, Tensor], alive: Tensor) -> dict[str, float]: ...
 
@@ -171,6 +176,12 @@ class PolicyBase(torch.nn.Module):
 
     def plan_rollout(self, steps: int, batch: int, how: Any, generator: Optional[torch.Generator]) -> Any:
         return None
+
+    def planned_storage(self, plan: Any) -> dict[str, Tensor]:
+        return {}
+
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return torch.zeros(alive.shape[:-1], device=alive.device)
 
     def value_draws(self, how: Any) -> bool:
         return False

@@ -86,7 +86,7 @@ def record_episodes(run: Any, device: torch.device, graph: str = "auto", gate: s
             out = policy.act(step.obs, step.avail_actions, step.alive, how, None, deterministic=True, carry=carry)
             gate_row = None if out.gate is None else out.gate[0]
             frame = env.render_frame(0, None if out.graph is None else out.graph[0], gate_row)
-            msgs = float(out.messages[0])
+            msgs = float(policy.messages(out.stored, step.alive)[0])
             frames.append(with_caption(frame, f"episode {len(stats) + 1}/{episodes}  step {t}  "
                                               f"messages {msgs:.0f}  ({cfg.env['name']}, iteration {run.iteration})"))
             step = env.step(out.actions.to(env.device)).to(device)

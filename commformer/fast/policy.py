@@ -86,6 +86,12 @@ class FastCommFormerPolicy(CommFormerPolicy):
             hard, noise = hard.expand(steps, batch, n, n), noise.expand(steps, batch, n, n)
         return RolloutPlan(weights, ActingDraws(hard, noise, neg_gumbel(u[:, per_graph:]).reshape(steps, n, batch, a)))
 
+    def planned_storage(self, plan: RolloutPlan | None) -> dict[str, Tensor]:
+        """The acting graphs and their noise of every step, where the plan drew them ([T,B,N,N] each)."""
+        if plan is None or plan.draws is None:
+            return {}
+        return {"graph": plan.draws.hard, "noise": plan.draws.noise}
+
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Acting, generator: torch.Generator | None,
             deterministic: bool = False, plan: RolloutPlan | None = None, t: int = 0, carry: Any = None) -> ActOut:
         """As the reference; plan: this rollout's RolloutPlan and t the step within it. Runs under

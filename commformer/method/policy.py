@@ -184,6 +184,9 @@ class CommFormerPolicy(nn.Module):
     def plan_rollout(self, steps: int, batch: int, how: Acting, generator: torch.Generator | None) -> None:
         return None  # the reference draws as it goes
 
+    def planned_storage(self, plan: Any) -> dict[str, Tensor]:
+        return {}
+
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Acting, generator: torch.Generator | None,
             deterministic: bool = False, plan: Any = None, t: int = 0, carry: Any = None) -> ActOut:
         """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (stored: graph, noise, gate)."""
@@ -204,7 +207,7 @@ class CommFormerPolicy(nn.Module):
         stored = {"graph": hard, "noise": noise}
         if gate is not None:
             stored["gate"] = gate
-        return ActOut(actions, logp, value, stored, messages_per_step(hard, alive, gate), None, hard, gate, p)
+        return ActOut(actions, logp, value, stored, None, hard, gate, p)
 
     def value_draws(self, how: Acting) -> bool:
         """Whether value() draws from the generator (a sampled gate), so that calls must keep step order."""
@@ -259,6 +262,14 @@ class CommFormerPolicy(nn.Module):
             self.model.obs_norm.update(obs[alive])
 
     # ---- reporting -----------------------------------------------------------------------------------------------
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
+        """[...] f32 messages per env and step: receivers (gate open) times their alive senders in the stored graph;
+        stored graph [...,N,N], gate [...,N], alive [...,N]."""
+        lead, n = alive.shape[:-1], alive.shape[-1]
+        gate = stored.get("gate")
+        return messages_per_step(stored["graph"].reshape(-1, n, n), alive.reshape(-1, n),
+                                 None if gate is None else gate.reshape(-1, n)).view(lead)
+
     def rollout_metrics(self, stored: dict[str, Tensor], alive: Tensor) -> dict[str, float]:
         """comm/gate_open over the rollout's live agents (stored [T,B,...], alive [T,B,N])."""
         if "gate" not in stored:

@@ -66,7 +66,7 @@ def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.
         out = policy.act(step.obs, step.avail_actions, step.alive, how, generator, deterministic=not sample_actions,
                          carry=carry)
         live = count < m
-        messages += float(out.messages[live].sum())
+        messages += float(policy.messages(out.stored, step.alive)[live].sum())
         msg_steps += int(live.sum())
         if first_graph is None and out.graph is not None:
             first_graph = out.graph[0].clone()

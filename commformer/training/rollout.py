@@ -29,7 +29,6 @@ class Rollout:
     terminated: Tensor  # [T,B] bool
     truncated: Tensor  # [T,B] bool
     stored: dict[str, Tensor]  # [T,B,...] each: what the policy stores per step (Policy.storage)
-    messages: Tensor  # [T,B] f32, messages per step
     final_values: Tensor  # [T,B,N] f32 raw V(final_obs_t) where truncated_t, else 0
     last_values: Tensor  # [B,N] f32 raw V(obs_T)
 
@@ -44,7 +43,7 @@ class Rollout:
             values=torch.zeros(T, B, N, **f32), rewards=torch.zeros(T, B, N, **f32),
             terminated=torch.zeros(T, B, **b), truncated=torch.zeros(T, B, **b),
             stored={k: torch.zeros(T, *shape, dtype=dtype, device=device) for k, (shape, dtype) in storage.items()},
-            messages=torch.zeros(T, B, **f32), final_values=torch.zeros(T, B, N, **f32), last_values=torch.zeros(B, N, **f32),
+            final_values=torch.zeros(T, B, N, **f32), last_values=torch.zeros(B, N, **f32),
         )
 
     def next_values(self, denormalize: Callable[[Tensor], Tensor]) -> Tensor:
@@ -80,6 +79,10 @@ class Collector:
         buf, cur, g, carry = self.buf, self.current, self.generator, self.carry
         buf.final_values.zero_()
         plan = policy.plan_rollout(self.T, self.env.num_envs, how, g)
+        planned = policy.planned_storage(plan)
+        for k, v in planned.items():
+            buf.stored[k].copy_(v)
+        per_step = [k for k in buf.stored if k not in planned]
         # V(final_obs) of truncated envs: computed in one pass after the loop unless computing it draws from the
         # generator, which must then happen in step order
         deferred = not policy.value_draws(how)
@@ -94,9 +97,8 @@ class Collector:
             buf.actions[t] = out.actions
             buf.log_prob[t] = out.log_prob
             buf.values[t] = out.value
-            buf.messages[t] = out.messages
-            for k, v in out.stored.items():
-                buf.stored[k][t] = v
+            for k in per_step:
+                buf.stored[k][t] = out.stored[k]
             nxt = self.env.step(out.actions if same_device else out.actions.to(self.env.device))
             if not same_device:
                 nxt = nxt.to(self.device)

@@ -235,7 +235,7 @@ class Trainer:
         row["train/episodes"] = int(episodes["return"].numel()) if episodes else 0
         for k in ("return", "length") + tuple(self.env.spec.task_metrics):
             row[f"train/{k}"] = float(episodes[k].mean()) if k in episodes else float("nan")
-        row["comm/messages_per_step"] = float(ro.messages.mean())
+        row["comm/messages_per_step"] = float(self.policy.messages(ro.stored, ro.alive).mean())
         row.update(self.policy.rollout_metrics(ro.stored, ro.alive))
         row.update(self.policy.iteration_metrics())
         row.update(stats)
