@@ -7,17 +7,33 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from commformer.devices import check_device
 from commformer.errors import UserError
 from commformer.method.graph import GRAPH_MODES
 from commformer.method.policy import split_sizes
-from envs.registry import validate_env_config
+from envs.registry import env_class, validate_env_config
 
 BILEVEL_MODES = ("alternate", "split")
 BACKENDS = ("fast", "reference")
+GRAPH_GRADS = ("straight_through", "score")
+ACTING_GRAPHS = ("sample", "topk")
 WANDB_MODES = ("offline", "online", "disabled")
+# what the installed wandb accepts in the environment variable WANDB_MODE (empty or unset: logger.wandb decides)
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+# Seeds (docs/tools.md, "Allowed values and what the errors say"). Every seed the project derives from `seed` must
+# stay a 31-bit integer (jax's PRNGKey for SMAX, StarCraft II's game seed): the largest offset added to a legal seed
+# is 2,010,998 (scripts/evaluate.py: seed + 2,000,000 + chunk index <= 9,999 + env copy <= 999), so 10,000,000 of
+# room is plenty; envs that cannot save their state are reseeded on resume with seed + 7919 x iteration (+ copy),
+# checked against the run's iterations in Config.__post_init__.
+INT31_MAX = 2**31 - 1
+SEED_ROOM = 10_000_000
+SEED_MAX = INT31_MAX - SEED_ROOM  # 2,137,483,647
+RESUME_RESEED_STRIDE = 7919  # a resumed env without its state restarts its episodes with seed + this x iteration
+# most parallel envs of a run (num_envs) and most evaluation episodes / env copies (eval_episodes, eval_envs)
+MAX_ENVS = 1_000_000
 
 
 class ConfigError(UserError, ValueError):
@@ -112,6 +128,15 @@ class AlgoConfig:
                    f"algo.minibatches={self.minibatches}; must be <= the {rows} rows the {level} gets per epoch "
                    f"({how})")
 
+    def check_given(self, run: Any, keys: Sequence[str]) -> None:
+        """Checks of values the command line sets explicitly (`keys`: the dotted keys it sets); run by the command
+        line's pre-check (commformer.compose) only, so a config built in code or a preset's default is not held to
+        them. ConfigError naming the key."""
+
+    def run_notes(self, run: Any) -> list[str]:
+        """Lines the trainer logs at the start of a run: legal settings whose effect differs from what they say."""
+        return []
+
 
 @dataclass
 class CommFormerConfig(AlgoConfig):
@@ -159,6 +184,13 @@ class CommFormerConfig(AlgoConfig):
     """iterations on the full graph (gates open) before alpha learns"""
     freeze_fraction: float = 1.0
     """fraction of training after which alpha freezes and top-k(alpha) acts (1.0: never)"""
+    graph_grad: str = "straight_through"
+    """how alpha learns: straight_through (the stored sample in value, softmax((alpha + G) / tau) in gradient, through
+    the attention weights; released) | score (ours: the sampled graph as an action, its log-probability in a clipped
+    surrogate with the receiver's advantage; docs/method.md, "Bi-level schedule")"""
+    acting_graph: str = "sample"
+    """what a learned graph acts on in rollouts: sample (Gumbel top-k per env and step, stored) | topk (top-k(alpha)
+    without noise, as the released rollouts; the update relaxes the stored top-k)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,6 +198,12 @@ class CommFormerConfig(AlgoConfig):
         _check(self.graph in GRAPH_MODES, f"algo.graph={self.graph!r}; allowed: {list(GRAPH_MODES)}")
         _fraction("algo.sparsity", self.sparsity)
         _check(self.bilevel in BILEVEL_MODES, f"algo.bilevel={self.bilevel!r}; allowed: {list(BILEVEL_MODES)}")
+        _check(self.graph_grad in GRAPH_GRADS, f"algo.graph_grad={self.graph_grad!r}; allowed: {list(GRAPH_GRADS)}")
+        _check(self.acting_graph in ACTING_GRAPHS,
+               f"algo.acting_graph={self.acting_graph!r}; allowed: {list(ACTING_GRAPHS)}")
+        _check(not (self.graph_grad == "score" and self.acting_graph == "topk"),
+               "algo.graph_grad=score needs algo.acting_graph=sample (the score-function estimator learns from "
+               "sampled graphs; top-k(alpha) samples nothing)")
         for key in ("graph_lr", "tau", "gate_lr"):
             _positive_finite(f"algo.{key}", getattr(self, key))
         for key in ("hidden", "heads", "layers"):
@@ -215,6 +253,31 @@ class CommFormerConfig(AlgoConfig):
             warnings.warn(f"algo.bilevel=split is ignored: algo.graph={self.graph!r} has no alpha", stacklevel=2)
         super().check_run(run)
 
+    def check_given(self, run: Any, keys: Sequence[str]) -> None:
+        """An explicit algo.warmup_iters that covers every iteration of a run with a learned graph or a gate: alpha
+        (and the gate) would never step. (The preset's default on a short smoke run is allowed: its summary says the
+        run ended in warm-up.)"""
+        if "algo.warmup_iters" not in keys or not (self.graph == "learned" or self.gate):
+            return
+        what = " and ".join(n for n, on in (("alpha", self.graph == "learned"), ("the gate", self.gate)) if on)
+        _check(self.warmup_iters < run.iterations,
+               f"algo.warmup_iters={self.warmup_iters}; must be < the run's {run.iterations} iterations, or {what} "
+               f"never steps (warm-up covers the whole run); lower algo.warmup_iters, or raise total_env_steps to "
+               f"at least {(self.warmup_iters + 1) * run.batch_env_steps} ({self.warmup_iters + 1} iterations of "
+               f"{run.batch_env_steps} env steps)")
+
+    def run_notes(self, run: Any) -> list[str]:
+        """With bilevel=split: the real held-out fraction when split_sizes rounds the asked one (max(1, round(f*B))
+        columns, at least one left for the network)."""
+        if self.graph != "learned" or self.bilevel != "split" or run.num_envs < 2:
+            return []
+        up, _ = split_sizes(run.num_envs, self.split_fraction)
+        real = up / run.num_envs
+        if math.isclose(real, self.split_fraction, rel_tol=1e-9):
+            return []
+        return [f"algo.split_fraction={self.split_fraction} holds out {up} of {run.num_envs} env columns "
+                f"({real:.4g}): max(1, round(split_fraction x num_envs)) columns, at least one left for the network"]
+
 
 @dataclass
 class LoggerConfig:
@@ -238,6 +301,9 @@ class LoggerConfig:
     video: bool = False
     """at the end of the run, one evaluation episode of the final checkpoint as videos/final.gif and a wandb video
     (envs that draw frames; the [plot] extra; scripts/train.py records it: Trainer.train(at_end=...) in code)"""
+    alpha_grads: bool = False
+    """at every evaluation, the graph history records the gradient of each loss term (policy, value, entropy, the
+    policy's extra loss) with respect to alpha on the last rollout (one extra pass; learned graphs only)"""
     tensorboard: bool = False
     """also write TensorBoard event files (needs the [tensorboard] extra)"""
     progress: bool = True
@@ -271,7 +337,7 @@ class Config:
     ppo_epochs: int = 10
     """PPO epochs per iteration (a learned graph needs >= algo.arch_every)"""
     seed: int = 1
-    """seeds the model, the graph, the envs and every sampler"""
+    """seeds the model, the graph, the envs and every sampler (0 to 2,137,483,647: room for the seeds derived from it)"""
     device: str = "cpu"
     """cpu | cuda | cuda:<index>"""
     torch_threads: int = 1
@@ -305,15 +371,37 @@ class Config:
         for key in ("total_env_steps", "num_envs", "rollout_length", "ppo_epochs", "torch_threads", "eval_every",
                     "checkpoint_every"):
             _check(getattr(self, key) >= 1, f"{key}={getattr(self, key)}; must be >= 1")
+        _check(0 <= self.seed <= SEED_MAX,
+               f"seed={self.seed}; must be in [0, {SEED_MAX}] (2**31 - 1 - {SEED_ROOM:,}: every seed derived from it "
+               "stays a 31-bit integer)")
+        for key in ("num_envs", "eval_episodes", "eval_envs"):
+            value = getattr(self, key)
+            _check(value is None or value <= MAX_ENVS, f"{key}={value}; must be <= {MAX_ENVS:,}")
         _check(self.eval_episodes is None or self.eval_episodes >= 1,
                f"eval_episodes={self.eval_episodes}; must be >= 1 (or null for the env's default)")
         _check(self.eval_envs is None or self.eval_envs >= 1,
                f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
+        for key, null in (("run_dir", "Hydra's output folder"), ("resume", "start fresh")):
+            value = getattr(self, key)
+            _check(value is None or str(value).strip() != "",
+                   f"{key}={value!r}; must be a non-empty path (or null: {null})")
+        self._check_resume_seeds()
         try:
             check_device(self.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.algo.check_run(self)
+
+    def _check_resume_seeds(self) -> None:
+        """An env that cannot save its state (no state_dict) restarts its episodes on resume with seed + 7919 x
+        iteration, copy b with that + b: the largest, seed + 7919 x iterations + num_envs - 1, must stay <= 2**31 - 1."""
+        if hasattr(env_class(self.env["family"]), "state_dict"):
+            return
+        largest = self.seed + RESUME_RESEED_STRIDE * self.iterations + self.num_envs - 1
+        _check(largest <= INT31_MAX,
+               f"seed={self.seed} with {self.iterations} iterations: env family {self.env['family']!r} cannot save its "
+               f"state, so a resume reseeds it with up to seed + {RESUME_RESEED_STRIDE} x iterations + num_envs - 1 = "
+               f"{largest:,}, above 2**31 - 1; lower seed or total_env_steps")
 
     @property
     def batch_env_steps(self) -> int:

@@ -19,7 +19,7 @@ def build_commformer(algo: CommFormerConfig, spec, seed: int) -> CommFormerPolic
                                   algo.dropout, algo.gate, algo.gate_init_p, algo.obs_norm))
     graph = CommGraph(spec.n_agents, algo.graph, algo.sparsity, algo.tau, seed=seed)
     schedule = Schedule(algo.warmup_iters, algo.freeze_fraction, algo.arch_every, algo.bilevel, algo.split_fraction,
-                        algo.comm_cost, algo.decoder_graph_grad)
+                        algo.comm_cost, algo.decoder_graph_grad, algo.graph_grad, algo.acting_graph, algo.clip)
     cls = FastCommFormerPolicy if algo.backend == "fast" else CommFormerPolicy
     return cls(model, graph, schedule)
 

@@ -114,7 +114,7 @@ class FastCommFormerPolicy(CommFormerPolicy):
                 g = None if gate is None else gate.float()
                 enc, mask_zero = fast.encode(h, hard, alive, g)
                 actions, logp, value = fast.decode(enc, mask_zero, g, avail, neg_noise, generator, deterministic)
-            out = self.act_out(actions, logp, value, hard, noise, gate, p, alive)
+            out = self.act_out(actions, logp, value, hard, noise, gate, p)
         out.actions = out.actions.clone()
         return out
 
@@ -132,7 +132,8 @@ class FastCommFormerPolicy(CommFormerPolicy):
 
     def score(self, batch: dict[str, Any], phase: str, upper: bool, relax: bool) -> Scored:
         gate_on = "gate" in batch and phase != WARMUP
-        adjacency = self.graph.relaxed(batch["graph"], batch["noise"]) if relax and upper else batch["graph"].float()
+        relax_graph = relax and upper and not self.score_graph
+        adjacency = self.graph.relaxed(batch["graph"], batch["noise"]) if relax_graph else batch["graph"].float()
         mask = receive_mask(adjacency, batch["alive"])
         h = fused.embed(self.model, batch["obs"], self._memo)
         p = self.model.gate_prob(h)
@@ -142,4 +143,4 @@ class FastCommFormerPolicy(CommFormerPolicy):
         enc, value = fused.encode(self.model, h, mask, g)
         dmask = decoder_mask(mask if self.schedule.decoder_graph_grad else mask.detach())
         logp, entropy = fused.teacher_forced(self.model, enc, batch["actions"], dmask, g, batch["avail"])
-        return self.scored(logp, entropy, value, p, batch["alive"], gate_on)
+        return self.scored(logp, entropy, value, p, batch, gate_on, upper and relax)

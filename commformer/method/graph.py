@@ -118,6 +118,24 @@ class CommGraph(nn.Module):
             return self.fixed.clone()
         return topk_hot(self.alpha.detach(), self.k)
 
+    def log_prob(self, hard: Tensor, noise: Tensor) -> Tensor:
+        """[...,N] f32: per receiver, the log-probability under the current alpha of drawing its senders in `hard`
+        [...,N,N] by Gumbel top-k, in the order of their perturbed scores alpha + noise (Plackett-Luce: the k
+        senders drawn one by one without replacement, each with the softmax of alpha over the senders left; exact
+        for k = 1). The gradient reaches alpha (the score-function estimator, algo.graph_grad=score)."""
+        if not self.learned or self.k == 0:
+            return torch.zeros(hard.shape[:-1], device=hard.device)
+        scores = fill_diagonal(self.alpha.expand(hard.shape).clone(), float("-inf"))  # [...,N,N]
+        ranked = torch.where(hard, self.alpha.detach() + noise, float("-inf")).argsort(-1, descending=True)
+        left = off_diagonal(self.n_agents, hard.device).expand(hard.shape).clone()
+        logp = torch.zeros(hard.shape[:-1], device=hard.device)
+        for m in range(self.k):
+            j = ranked[..., m: m + 1]  # [...,N,1]: the m-th sender drawn
+            logp = logp + scores.gather(-1, j).squeeze(-1) - torch.logsumexp(scores.masked_fill(~left, float("-inf")),
+                                                                             dim=-1)
+            left = left.scatter(-1, j, False)
+        return logp
+
     def margins(self) -> Tensor:
         """[N] f32: per receiver, alpha's k-th largest minus its (k+1)-th largest among j != i (NaN if k >= N-1)."""
         n = self.n_agents

@@ -78,6 +78,9 @@ class Schedule:
     split_fraction: float = 0.25
     comm_cost: float = 0.0
     decoder_graph_grad: bool = False
+    graph_grad: str = "straight_through"  # straight_through (released) | score (ours; docs/method.md, "Bi-level ...")
+    acting_graph: str = "sample"  # sample (a Gumbel top-k per env and step) | topk (top-k(alpha), as released)
+    clip: float = 0.2  # the PPO clip of the score-function surrogate
 
 
 class CommFormerPolicy(nn.Module):
@@ -110,15 +113,15 @@ class CommFormerPolicy(nn.Module):
             return FROZEN
         return BILEVEL
 
-    @staticmethod
-    def acting(phase: str, evaluating: bool) -> Acting:
+    def acting(self, phase: str, evaluating: bool) -> Acting:
         """Warm-up: the full graph with open gates. Evaluation: top-k(alpha) (or the fixed graph), gate open when
-        p > 0.5. Rollouts: both sampled, except that a frozen graph acts deterministically."""
+        p > 0.5. Rollouts: both sampled, except that a frozen graph, and with schedule.acting_graph=topk a learned
+        one (the released rollouts), act on top-k(alpha)."""
         if phase == WARMUP:
             return Acting(GraphChoice.FULL, GateChoice.OPEN)
         if evaluating:
             return Acting(GraphChoice.DETERMINISTIC, GateChoice.THRESHOLD)
-        if phase == FROZEN:
+        if phase == FROZEN or (phase == BILEVEL and self.schedule.acting_graph == "topk"):
             return Acting(GraphChoice.DETERMINISTIC, GateChoice.SAMPLE)
         return Acting(GraphChoice.SAMPLE, GateChoice.SAMPLE)
 
@@ -151,7 +154,14 @@ class CommFormerPolicy(nn.Module):
         out = {"graph": ((num_envs, n, n), torch.bool), "noise": ((num_envs, n, n), torch.float32)}
         if self.model.gate is not None:
             out["gate"] = ((num_envs, n), torch.bool)
+        if self.score_graph:
+            out["graph_logp"] = ((num_envs, n), torch.float32)
         return out
+
+    @property
+    def score_graph(self) -> bool:
+        """Whether alpha learns by the score-function estimator (schedule.graph_grad=score)."""
+        return self.graph.learned and self.schedule.graph_grad == "score"
 
     def initial_carry(self, num_envs: int) -> None:
         return None  # no memory
@@ -199,14 +209,15 @@ class CommFormerPolicy(nn.Module):
             mask = receive_mask(hard.float(), alive)
             enc, value = self.model.encode(h, mask, g)
             actions, logp = self.model.autoregressive(enc, decoder_mask(mask), g, avail, generator, deterministic)
-        return self.act_out(actions, logp, value, hard, noise, gate, p, alive)
+        return self.act_out(actions, logp, value, hard, noise, gate, p)
 
-    @staticmethod
-    def act_out(actions: Tensor, logp: Tensor, value: Tensor, hard: Tensor, noise: Tensor, gate: Tensor | None,
-                p: Tensor | None, alive: Tensor) -> ActOut:
+    def act_out(self, actions: Tensor, logp: Tensor, value: Tensor, hard: Tensor, noise: Tensor, gate: Tensor | None,
+                p: Tensor | None) -> ActOut:
         stored = {"graph": hard, "noise": noise}
         if gate is not None:
             stored["gate"] = gate
+        if self.score_graph:  # the sampled graph's log-probability under the acting alpha (the surrogate's "old")
+            stored["graph_logp"] = self.graph.log_prob(hard, noise)
         return ActOut(actions, logp, value, stored, None, hard, gate, p)
 
     def value_draws(self, how: Acting) -> bool:
@@ -233,7 +244,8 @@ class CommFormerPolicy(nn.Module):
         relax: build the gradient paths (False for the no-grad pass that gives the old log-probs): the graph's
         straight-through relaxation in upper-level steps, the gate's in every phase but warm-up."""
         gate_on = "gate" in batch and phase != WARMUP
-        adjacency = self.graph.relaxed(batch["graph"], batch["noise"]) if relax and upper else batch["graph"].float()
+        relax_graph = relax and upper and not self.score_graph
+        adjacency = self.graph.relaxed(batch["graph"], batch["noise"]) if relax_graph else batch["graph"].float()
         mask = receive_mask(adjacency, batch["alive"])
         h = self.model.embed(batch["obs"])
         p = self.model.gate_prob(h)
@@ -243,17 +255,32 @@ class CommFormerPolicy(nn.Module):
         enc, value = self.model.encode(h, mask, g)
         dmask = decoder_mask(mask if self.schedule.decoder_graph_grad else mask.detach())
         logp, entropy = self.model.teacher_forced(enc, batch["actions"], dmask, g, batch["avail"])
-        return self.scored(logp, entropy, value, p, batch["alive"], gate_on)
+        return self.scored(logp, entropy, value, p, batch, gate_on, upper and relax)
 
-    def scored(self, logp: Tensor, entropy: Tensor, value: Tensor, p: Tensor | None, alive: Tensor,
-               gate_on: bool) -> Scored:
-        """Scored with the gate's cost comm_cost * mean over alive agents of p (docs/method.md, "Temporal gate")."""
+    def scored(self, logp: Tensor, entropy: Tensor, value: Tensor, p: Tensor | None, batch: dict[str, Any],
+               gate_on: bool, upper: bool) -> Scored:
+        """Scored with the gate's cost comm_cost * mean over alive agents of p (docs/method.md, "Temporal gate") and,
+        in an upper-level step with graph_grad=score, the graph's clipped surrogate."""
         out = Scored(logp, entropy, value)
         if p is not None:
             if gate_on and self.schedule.comm_cost > 0:
-                out.aux_loss = self.schedule.comm_cost * masked_mean(p, alive)
-            out.stats["comm/gate_p"] = float(masked_mean(p.detach(), alive))
+                out.aux_loss = self.schedule.comm_cost * masked_mean(p, batch["alive"])
+            out.stats["comm/gate_p"] = float(masked_mean(p.detach(), batch["alive"]))
+        if upper and self.score_graph:
+            surrogate = self.graph_surrogate(batch)
+            out.aux_loss = surrogate if out.aux_loss is None else out.aux_loss + surrogate
+            out.stats["loss/graph_surrogate"] = float(surrogate.detach())
         return out
+
+    def graph_surrogate(self, batch: dict[str, Any]) -> Tensor:
+        """The graph as an action (graph_grad=score, ours): -mean over active receivers of
+        min(r A, clip(r, 1 - eps, 1 + eps) A), r = P_alpha(senders) / P_acting(senders), A the receiver's
+        (normalised) advantage: alpha moves toward the senders whose messages preceded better-than-expected
+        actions of their receiver. batch: graph, noise, graph_logp [R,...], advantages, active [R,N]."""
+        ratio = torch.exp(self.graph.log_prob(batch["graph"], batch["noise"]) - batch["graph_logp"])
+        adv, eps = batch["advantages"], self.schedule.clip
+        surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
+        return -masked_mean(surr, batch["active"])
 
     def after_update(self, obs: Tensor, alive: Tensor) -> None:
         """Fold the rollout's observations into the running statistics (algo.obs_norm), after the update, so the

@@ -11,6 +11,8 @@ Each record (N agents; lists are receiver-major: row i = receiver i, column j = 
     margins          [N] float, per receiver alpha's k-th minus (k+1)-th largest among j != i (null where undefined)
     gate_open        [N] float, per agent, the fraction of its evaluation steps with the gate open (null: no gate)
     messages_per_step  float, the evaluation's mean messages per step (comm/eval_messages_per_step)
+    alpha_grad       {term: [N][N] float}, with logger.alpha_grads: d(loss term)/d(alpha) on the rollout before the
+                     evaluation, per term (policy, value, entropy, extra); a step moves alpha against it
 
 A resumed run keeps the records up to the checkpoint's iteration and appends after them (as metrics.csv does).
 """

@@ -69,6 +69,7 @@ class Trainer:
         self.iteration, self.env_steps = 0, 0
         self.last_eval: dict[str, float] = {}
         self.last_record: dict[str, Any] | None = None  # the last evaluation's graph-history record
+        self.upper_grads: dict[str, Any] | None = None  # logger.alpha_grads: for the next graph-history record
         if ckpt is not None:
             self.restore(ckpt)
         else:
@@ -178,6 +179,9 @@ class Trainer:
         self.policy.train()
         # every evaluation leaves a record in graph_history.jsonl (commformer/training/graph_history.py)
         self.last_record = graph_record(self.policy.comm_graph, details, out, self.iteration, self.env_steps, how)
+        if self.upper_grads is not None:
+            self.last_record["alpha_grad"] = self.upper_grads
+            self.upper_grads = None
         self.history.append(self.last_record)
         return out
 
@@ -217,7 +221,10 @@ class Trainer:
             ro.rewards.mul_(cfg.algo.reward_scale)
         algo = self.schedule()
         try:
-            stats = ppo_update(self.policy, ro, self.opt, self.vnorm, algo, cfg.ppo_epochs, ph)
+            grads = {} if cfg.logger.alpha_grads and (self.iteration + 1) % cfg.eval_every == 0 else None
+            stats = ppo_update(self.policy, ro, self.opt, self.vnorm, algo, cfg.ppo_epochs, ph, grads)
+            if grads:  # recorded with the evaluation that follows this iteration
+                self.upper_grads = {k: v[0].cpu().tolist() for k, v in grads.items()}
         except NonFiniteError as e:
             raise TrainingStopped(f"iteration {self.iteration + 1}: {e}; training stopped before that step "
                                   f"({self.kept_text()}; lower algo.lr / algo.graph_lr or check the env's rewards)"

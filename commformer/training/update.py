@@ -88,9 +88,32 @@ def minibatch_loss(policy: Policy, mb: dict[str, Tensor], vnorm: ValueNorm | Non
     return loss, stats, float(pstats["ratio_max"])
 
 
+def upper_gradients(policy: Policy, batch: dict[str, Tensor], params: list[Tensor], vnorm: ValueNorm | None,
+                    algo: AlgoConfig, phase: str) -> dict[str, list[Tensor]]:
+    """The gradient of each term of an upper-level step's loss (policy, value, entropy bonus, and the policy's own
+    extra loss) with respect to the upper level's parameters (CommFormer: alpha), on a whole batch of rows with
+    advantages, targets and old log-probs; nothing is stepped and no normaliser is updated (a diagnostic)."""
+    tgt = vnorm.normalize(batch["targets"]) if vnorm is not None else batch["targets"]
+    sc = policy.score(batch, phase, upper=True, relax=True)
+    active = batch["active"]
+    terms = {"policy": policy_loss(sc.log_prob, batch["old_log_prob"], batch["advantages"], active, algo.clip)[0],
+             "value": algo.value_coef * value_loss(sc.value, batch["old_values"], tgt, active,
+                                                   algo.clip if algo.value_clip else None, algo.huber_delta),
+             "entropy": -algo.entropy_coef * masked_mean(sc.entropy, active)}
+    if sc.aux_loss is not None:
+        terms["extra"] = sc.aux_loss
+    out = {}
+    for name, term in terms.items():
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        out[name] = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    return out
+
+
 def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | None, algo: AlgoConfig,
-               epochs: int, phase: str) -> dict[str, float]:
-    """Run `epochs` PPO epochs on the rollout; returns mean diagnostics (loss/..., train/...)."""
+               epochs: int, phase: str, diagnostics: dict | None = None) -> dict[str, float]:
+    """Run `epochs` PPO epochs on the rollout; returns mean diagnostics (loss/..., train/...). diagnostics: a dict to
+    fill with upper_gradients of the rollout before the first epoch, where the policy has an upper level in this
+    phase (None: not computed)."""
     denorm = vnorm.denormalize if vnorm is not None else (lambda x: x)
     advantages, targets = gae(ro.rewards, denorm(ro.values), ro.next_values(denorm), ro.terminated, ro.truncated,
                               algo.gamma, algo.gae_lambda)
@@ -101,6 +124,13 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
         # acting (incremental decode) vs the update's pass over the stored decisions: a rounding unit when they
         # agree; a mismatch (e.g. acting on a different graph than the one stored) shows up here
         gap = float(torch.where(ro.active, (ro.log_prob - old_log_prob).abs(), 0.0).max()) if ro.active.any() else 0.0
+    if diagnostics is not None and any(policy.steps_upper(phase, e) for e in range(epochs)):
+        batch = rows(ro, upper_cols)
+        batch.update({"active": flat(ro.active, upper_cols), "targets": flat(targets, upper_cols),
+                      "old_values": flat(ro.values, upper_cols), "old_log_prob": flat(old_log_prob, upper_cols)})
+        batch["advantages"] = normalize_advantages(flat(advantages, upper_cols), batch["active"])
+        with frozen(opt.lower_params):
+            diagnostics.update(upper_gradients(policy, batch, opt.upper_params, vnorm, algo, phase))
     stats: dict[str, list[float]] = defaultdict(list)
     first_ratio = None
     for epoch in range(epochs):
