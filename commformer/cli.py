@@ -10,6 +10,9 @@ from pathlib import Path
 from commformer.errors import fail, guarded, one_line, user_errors
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# run folders (run_dir, a resumed folder) that existed before Hydra wrote its files into them: a rejected job takes
+# only Hydra's files out of them, never the folder
+_EXISTING_FOLDERS: set[Path] = set()
 
 
 def _train_main(cfg) -> float | None:
@@ -47,13 +50,26 @@ def _train_main(cfg) -> float | None:
 def remove_job_folder(folder: Path) -> None:
     """Delete a rejected multirun job's folder when it holds only what Hydra wrote (.hydra/ and the job log)."""
     if folder.is_dir() and all(p.name in (".hydra", "train.log") for p in folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder.resolve() in _EXISTING_FOLDERS:
+            shutil.rmtree(folder / ".hydra", ignore_errors=True)
+            (folder / "train.log").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def has_override(overrides: list[str], key: str) -> bool:
     from commformer.overrides import override_key
 
     return any(override_key(o) == key for o in overrides)
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as the value of a Hydra override: plain when Hydra's grammar reads it as it is, else quoted."""
+    import re
+
+    if re.fullmatch(r"[\w./+@:%-]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tuple[list[str], int]:
@@ -67,14 +83,28 @@ def prepare_train(argv: list[str], multirun: bool, overrides: list[str]) -> tupl
                                     with_params)
     from commformer.training.checkpoint import checkpoint_path
     from commformer.training.resume import run_folder_of
+    from commformer.training.run_folder import check_run_folder
 
     if not multirun:
         config = compose_job(overrides, CONF_DIR)
-        if config.resume and not config.run_dir and not has_override(overrides, "hydra.run.dir"):
+        if has_override(overrides, "hydra.run.dir"):  # the command names Hydra's folder itself
+            given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "hydra.run.dir"]
+            if given:
+                check_run_folder(Path(given[-1].strip("'\"")))
+            return argv, 0
+        # Hydra's own files (.hydra/, train.log) go to the run folder itself: run_dir when given, else the folder a
+        # resume continues in (its own .hydra/ kept)
+        folder = Path(config.run_dir) if config.run_dir else None
+        if folder is None and config.resume:
             folder = run_folder_of(checkpoint_path(config.resume))
-            if folder is not None:
+        if folder is not None:
+            check_run_folder(folder)  # before Hydra tries to make it
+            if folder.exists():
+                _EXISTING_FOLDERS.add(folder.resolve())
+            argv = argv + [f"hydra.run.dir={hydra_quote(str(folder.resolve()))}"]
+            if config.resume:
                 stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-                argv = argv + [f"hydra.run.dir={folder.resolve()}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+                argv = argv + [f"hydra.output_subdir=.hydra/resume_{stamp}"]
         return argv, 0
     # a study (+study=<name>) defines its grid in hydra.sweeper.params: its jobs are checked too
     params = sweeper_params(overrides, CONF_DIR)

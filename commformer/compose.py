@@ -13,8 +13,8 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from commformer.config import Config, ConfigError
-from commformer.hydra_glue import closest_hint, load_config, unknown_key_line
+from commformer.config import WANDB_ENV_MODES, Config, ConfigError
+from commformer.hydra_glue import algo_schema, check_bools, closest_hint, load_config, unknown_key_line
 from commformer.overrides import override_key
 
 # Command-line flags of Hydra's app that print something instead of training: no validation then.
@@ -37,6 +37,8 @@ def hydra_error_line(e: Exception, overrides: Sequence[str], conf_dir: Path) -> 
         if group and option:
             return (f"{group}={option}: no such option (conf/{group}/{option}.yaml does not exist)"
                     f"{closest_hint(option, options)}; allowed: {', '.join(options)}")
+        if group:  # `env=`: an empty option
+            return f"{group}=: no option given; allowed: {', '.join(options)}"
         return text.strip().splitlines()[0]
     if isinstance(e, OverrideParseException):
         bad = next((o for o in overrides if o in text), None) or " ".join(overrides)
@@ -114,6 +116,7 @@ def compose_job(overrides: Sequence[str], conf_dir: Path) -> Config:
     """The typed, checked Config of one job's overrides (hydra.* overrides are Hydra's own and left out here);
     ConfigError with one line on any bad override or value. A `resume=` is checked too (commformer.training.resume)."""
     mine = [o for o in overrides if not override_key(o).startswith("hydra")]
+    check_env_settings(mine, conf_dir)
     # env.<key>=... for a key the chosen env config lacks: compose it as +env.<key> so the env family's schema
     # (checked in load_config) names the allowed keys
     mine = [f"+{o}" if o.startswith("env.") else o for o in mine]
@@ -128,12 +131,56 @@ def compose_job(overrides: Sequence[str], conf_dir: Path) -> Config:
                 raise ConfigError(hydra_error_line(e2, plain, conf_dir)) from None
         else:
             raise ConfigError(hydra_error_line(e, plain, conf_dir)) from None
-    config = load_config(OmegaConf.to_container(cfg, resolve=False))
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    # bool keys the schema types (top-level, logger.*, the shared algo.*) were already turned into true by the
+    # composition (2 -> true): check the command line's own values
+    check_bools(override_values(mine), algo_schema(str(OmegaConf.select(cfg, "algo.policy", default="commformer"))))
+    config = load_config(raw)
+    config.algo.check_given(config, [override_key(o) for o in mine])
+    if config.logger.wandb != "disabled":
+        check_wandb_mode()
     if config.resume:
         from commformer.training.resume import plan_resume
 
         plan_resume(config, mine)
     return config
+
+
+def override_values(overrides: Sequence[str]) -> list[tuple[str, object]]:
+    """(key, value as Hydra parses it: bool, int, float, str, None, ...) of each plain key=value override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if not o.is_delete() and not o.is_sweep_override():
+            out.append((o.get_key_element().lstrip("+~"), o.value()))
+    return out
+
+
+def check_env_settings(overrides: Sequence[str], conf_dir: Path) -> None:
+    """An explicit env_settings=<option> must name a file of conf/env_settings/ (the group is optional in
+    conf/config.yaml, so Hydra would skip an unknown one without a word); ~env_settings drops the per-env settings."""
+    options = group_options("env_settings", conf_dir)
+    for o in overrides:
+        if override_key(o) != "env_settings" or o.startswith("~") or "=" not in o:
+            continue
+        value = o.split("=", 1)[1]
+        if value not in options:
+            what = ("no option given" if value in ("", "null") else
+                    f"no such option (conf/env_settings/{value}.yaml does not exist){closest_hint(value, options)}")
+            raise ConfigError(f"env_settings={value}: {what}; allowed: {', '.join(options)} (or ~env_settings for "
+                              "none; by default the env's own, where it has one)")
+
+
+def check_wandb_mode() -> None:
+    """The environment variable WANDB_MODE, which wandb reads on its own: empty or unset (logger.wandb decides; an
+    empty one is dropped when wandb starts, commformer.training.wandb_sink) or a mode wandb knows."""
+    import os
+
+    value = os.environ.get("WANDB_MODE")
+    if value is not None and value.strip() and value not in WANDB_ENV_MODES:
+        raise ConfigError(f"WANDB_MODE={value!r} (environment variable); allowed: {', '.join(WANDB_ENV_MODES)}, or "
+                          "unset (logger.wandb picks the mode)")
 
 
 def rebuild_sweep(overrides: Sequence[str], jobs: Sequence[Sequence[str]], rejected: set[int]) -> list[str]:

@@ -5,20 +5,13 @@ and its checks.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from commformer.devices import check_device
 from commformer.errors import UserError
-from commformer.method.graph import GRAPH_MODES
-from commformer.method.policy import split_sizes
 from envs.registry import env_class, validate_env_config
 
-BILEVEL_MODES = ("alternate", "split")
-BACKENDS = ("fast", "reference")
-GRAPH_GRADS = ("straight_through", "score")
-ACTING_GRAPHS = ("sample", "topk")
 WANDB_MODES = ("offline", "online", "disabled")
 # what the installed wandb accepts in the environment variable WANDB_MODE (empty or unset: logger.wandb decides)
 WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -40,18 +33,18 @@ class ConfigError(UserError, ValueError):
     """A bad config value; the message is one line naming the key, the value and what is allowed."""
 
 
-def _check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _positive_finite(name: str, value: float) -> None:
-    _check(0 < value < math.inf, f"{name}={value}; must be > 0 and finite")
+def check_positive_finite(name: str, value: float) -> None:
+    check(0 < value < math.inf, f"{name}={value}; must be > 0 and finite")
 
 
-def _fraction(name: str, value: float, low_open: bool = True) -> None:
+def check_fraction(name: str, value: float, low_open: bool = True) -> None:
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
-    _check(ok, f"{name}={value}; must be in {'(0, 1]' if low_open else '[0, 1]'}")
+    check(ok, f"{name}={value}; must be in {'(0, 1]' if low_open else '[0, 1]'}")
 
 
 @dataclass
@@ -96,17 +89,17 @@ class AlgoConfig:
 
     def __post_init__(self) -> None:
         for key in ("lr", "adam_eps", "max_grad_norm", "huber_delta"):
-            _positive_finite(f"algo.{key}", getattr(self, key))
-        _check(self.minibatches >= 1, f"algo.minibatches={self.minibatches}; must be >= 1")
-        _check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
-        _check(self.entropy_coef_final is None or 0 <= self.entropy_coef_final < math.inf,
+            check_positive_finite(f"algo.{key}", getattr(self, key))
+        check(self.minibatches >= 1, f"algo.minibatches={self.minibatches}; must be >= 1")
+        check(0.0 < self.clip < 1.0, f"algo.clip={self.clip}; must be in (0, 1)")
+        check(self.entropy_coef_final is None or 0 <= self.entropy_coef_final < math.inf,
                f"algo.entropy_coef_final={self.entropy_coef_final}; must be >= 0 and finite (or null: constant)")
-        _positive_finite("algo.reward_scale", self.reward_scale)
+        check_positive_finite("algo.reward_scale", self.reward_scale)
         for key in ("value_coef", "entropy_coef"):
             value = getattr(self, key)
-            _check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
-        _fraction("algo.gamma", self.gamma)
-        _fraction("algo.gae_lambda", self.gae_lambda, low_open=False)
+            check(0 <= value < math.inf, f"algo.{key}={value}; must be >= 0 and finite")
+        check_fraction("algo.gamma", self.gamma)
+        check_fraction("algo.gae_lambda", self.gae_lambda, low_open=False)
 
     def group_lrs(self) -> dict[str, float]:
         """Learning rate of each of the policy's lower-level parameter groups, by group name."""
@@ -124,7 +117,7 @@ class AlgoConfig:
     def check_run(self, run: Any) -> None:
         """Cross-field checks against the run's Config (ConfigError naming both values)."""
         for level, (rows, how) in self.level_rows(run.rollout_length, run.num_envs).items():
-            _check(self.minibatches <= rows,
+            check(self.minibatches <= rows,
                    f"algo.minibatches={self.minibatches}; must be <= the {rows} rows the {level} gets per epoch "
                    f"({how})")
 
@@ -136,147 +129,6 @@ class AlgoConfig:
     def run_notes(self, run: Any) -> list[str]:
         """Lines the trainer logs at the start of a run: legal settings whose effect differs from what they say."""
         return []
-
-
-@dataclass
-class CommFormerConfig(AlgoConfig):
-    """CommFormer and its controls (graph = learned | full | none | random; gate on or off). The defaults are the
-    `commformer` preset (conf/algo/commformer.yaml); the other presets set only what differs."""
-
-    backend: str = "fast"
-    """fast (fused forms, commformer/fast/) | reference (the readable method, commformer/method/); same function"""
-    graph: str = "learned"
-    """communication graph: learned | full | none | random (a fixed k-hot drawn from the seed)"""
-    sparsity: float = 0.4
-    """S: fraction of the other agents each receiver keeps, k = min(max(floor(S*N), 1), N-1)"""
-    graph_lr: float = 1e-2
-    """Adam learning rate of alpha (the upper level)"""
-    tau: float = 1.0
-    """Gumbel-softmax temperature of the straight-through gradient (does not change which graph is sampled)"""
-    decoder_graph_grad: bool = False
-    """also send the graph's gradient through the decoder's action mask D (false: only the encoder's w * M)"""
-    hidden: int = 64
-    """width of every layer (paper: 64)"""
-    heads: int = 1
-    """attention heads (paper: 1); must divide hidden"""
-    layers: int = 1
-    """encoder layers (paper: 1)"""
-    dropout: float = 0.0
-    """dropout (0 keeps the PPO ratio exact between rollout and update)"""
-    gate: bool = False
-    """the temporal gate (our design, docs/method.md "Temporal gate"): each agent decides per step whether to receive"""
-    gate_lr: float = 5e-4
-    """Adam learning rate of the gate's parameters"""
-    gate_init_p: float = 0.9
-    """initial probability that a gate is open"""
-    comm_cost: float = 0.0
-    """loss weight of the mean gate-open probability (with gate=true)"""
-    obs_norm: bool = False
-    """running per-feature observation normalisation (mean / variance of the observations seen so far, kept in the
-    model's weights and so in checkpoints), applied before the embedding"""
-    arch_every: int = 5
-    """alpha steps on every arch_every-th PPO epoch, the network on the others"""
-    bilevel: str = "alternate"
-    """alternate (both levels on the same data, as released) | split (held-out env columns for the upper level)"""
-    split_fraction: float = 0.25
-    """fraction of env columns held out for the upper level with bilevel=split"""
-    warmup_iters: int = 10
-    """iterations on the full graph (gates open) before alpha learns"""
-    freeze_fraction: float = 1.0
-    """fraction of training after which alpha freezes and top-k(alpha) acts (1.0: never)"""
-    graph_grad: str = "straight_through"
-    """how alpha learns: straight_through (the stored sample in value, softmax((alpha + G) / tau) in gradient, through
-    the attention weights; released) | score (ours: the sampled graph as an action, its log-probability in a clipped
-    surrogate with the receiver's advantage; docs/method.md, "Bi-level schedule")"""
-    acting_graph: str = "sample"
-    """what a learned graph acts on in rollouts: sample (Gumbel top-k per env and step, stored) | topk (top-k(alpha)
-    without noise, as the released rollouts; the update relaxes the stored top-k)"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.backend in BACKENDS, f"algo.backend={self.backend!r}; allowed: {list(BACKENDS)}")
-        _check(self.graph in GRAPH_MODES, f"algo.graph={self.graph!r}; allowed: {list(GRAPH_MODES)}")
-        _fraction("algo.sparsity", self.sparsity)
-        _check(self.bilevel in BILEVEL_MODES, f"algo.bilevel={self.bilevel!r}; allowed: {list(BILEVEL_MODES)}")
-        _check(self.graph_grad in GRAPH_GRADS, f"algo.graph_grad={self.graph_grad!r}; allowed: {list(GRAPH_GRADS)}")
-        _check(self.acting_graph in ACTING_GRAPHS,
-               f"algo.acting_graph={self.acting_graph!r}; allowed: {list(ACTING_GRAPHS)}")
-        _check(not (self.graph_grad == "score" and self.acting_graph == "topk"),
-               "algo.graph_grad=score needs algo.acting_graph=sample (the score-function estimator learns from "
-               "sampled graphs; top-k(alpha) samples nothing)")
-        for key in ("graph_lr", "tau", "gate_lr"):
-            _positive_finite(f"algo.{key}", getattr(self, key))
-        for key in ("hidden", "heads", "layers"):
-            _check(getattr(self, key) >= 1, f"algo.{key}={getattr(self, key)}; must be >= 1")
-        _check(self.hidden % self.heads == 0,
-               f"algo.hidden={self.hidden}; must be divisible by algo.heads={self.heads}")
-        _check(0.0 <= self.dropout < 1.0, f"algo.dropout={self.dropout}; must be in [0, 1)")
-        _check(0.003 <= self.gate_init_p <= 0.997,
-               f"algo.gate_init_p={self.gate_init_p}; must be in [0.003, 0.997] (the gate's logit is bounded to +-6)")
-        _check(0 <= self.comm_cost < math.inf, f"algo.comm_cost={self.comm_cost}; must be >= 0 and finite")
-        _check(0.0 < self.split_fraction < 1.0, f"algo.split_fraction={self.split_fraction}; must be in (0, 1)")
-        _check(self.warmup_iters >= 0, f"algo.warmup_iters={self.warmup_iters}; must be >= 0")
-        _fraction("algo.freeze_fraction", self.freeze_fraction)
-        if self.graph == "learned":
-            _check(self.arch_every >= 2, f"algo.arch_every={self.arch_every}; a learned graph needs >= 2 "
-                                         "(alpha steps every arch_every-th PPO epoch, the network on the others)")
-        if self.comm_cost > 0 and not self.gate:
-            warnings.warn(f"algo.comm_cost={self.comm_cost} is ignored: algo.gate=false", stacklevel=2)
-
-    def group_lrs(self) -> dict[str, float]:
-        return {"network": self.lr, "gate": self.gate_lr}
-
-    @property
-    def upper_lr(self) -> float:
-        return self.graph_lr
-
-    def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
-        """Rows each level's PPO epochs see ("graph" only when alpha learns). With bilevel=split the bi-level phase
-        gives each level its own env columns (split_sizes); warm-up uses all T*B."""
-        if self.graph != "learned":
-            return super().level_rows(T, B)
-        if self.bilevel == "split" and B >= 2:
-            up, low = split_sizes(B, self.split_fraction)
-            how = "rollout_length={} x {} of num_envs={} columns with algo.bilevel=split"
-            return {"network": (T * low, how.format(T, low, B)), "graph": (T * up, how.format(T, up, B))}
-        return {"network": (T * B, f"rollout_length={T} x num_envs={B}"),
-                "graph": (T * B, f"rollout_length={T} x num_envs={B}")}
-
-    def check_run(self, run: Any) -> None:
-        if self.graph == "learned":
-            _check(run.ppo_epochs >= self.arch_every,
-                   f"ppo_epochs={run.ppo_epochs}; a learned graph needs ppo_epochs >= algo.arch_every="
-                   f"{self.arch_every} (or set algo.graph=full|none|random)")
-            if self.bilevel == "split":
-                _check(run.num_envs >= 2, f"num_envs={run.num_envs}; algo.bilevel=split needs >= 2 env columns")
-        elif self.bilevel == "split":
-            warnings.warn(f"algo.bilevel=split is ignored: algo.graph={self.graph!r} has no alpha", stacklevel=2)
-        super().check_run(run)
-
-    def check_given(self, run: Any, keys: Sequence[str]) -> None:
-        """An explicit algo.warmup_iters that covers every iteration of a run with a learned graph or a gate: alpha
-        (and the gate) would never step. (The preset's default on a short smoke run is allowed: its summary says the
-        run ended in warm-up.)"""
-        if "algo.warmup_iters" not in keys or not (self.graph == "learned" or self.gate):
-            return
-        what = " and ".join(n for n, on in (("alpha", self.graph == "learned"), ("the gate", self.gate)) if on)
-        _check(self.warmup_iters < run.iterations,
-               f"algo.warmup_iters={self.warmup_iters}; must be < the run's {run.iterations} iterations, or {what} "
-               f"never steps (warm-up covers the whole run); lower algo.warmup_iters, or raise total_env_steps to "
-               f"at least {(self.warmup_iters + 1) * run.batch_env_steps} ({self.warmup_iters + 1} iterations of "
-               f"{run.batch_env_steps} env steps)")
-
-    def run_notes(self, run: Any) -> list[str]:
-        """With bilevel=split: the real held-out fraction when split_sizes rounds the asked one (max(1, round(f*B))
-        columns, at least one left for the network)."""
-        if self.graph != "learned" or self.bilevel != "split" or run.num_envs < 2:
-            return []
-        up, _ = split_sizes(run.num_envs, self.split_fraction)
-        real = up / run.num_envs
-        if math.isclose(real, self.split_fraction, rel_tol=1e-9):
-            return []
-        return [f"algo.split_fraction={self.split_fraction} holds out {up} of {run.num_envs} env columns "
-                f"({real:.4g}): max(1, round(split_fraction x num_envs)) columns, at least one left for the network"]
 
 
 @dataclass
@@ -313,8 +165,8 @@ class LoggerConfig:
     """console summary every this many iterations (and at every evaluation)"""
 
     def __post_init__(self) -> None:
-        _check(self.wandb in WANDB_MODES, f"logger.wandb={self.wandb!r}; allowed: {list(WANDB_MODES)}")
-        _check(self.console_every >= 1, f"logger.console_every={self.console_every}; must be >= 1")
+        check(self.wandb in WANDB_MODES, f"logger.wandb={self.wandb!r}; allowed: {list(WANDB_MODES)}")
+        check(self.console_every >= 1, f"logger.console_every={self.console_every}; must be >= 1")
 
 
 @dataclass
@@ -324,7 +176,7 @@ class Config:
 
     env: Dict[str, Any] = field(default_factory=dict)
     """the env config (conf/env/<name>.yaml): name, family and the family's constructor keys"""
-    algo: Any = field(default_factory=CommFormerConfig)
+    algo: Any = field(default_factory=AlgoConfig)
     """the algorithm (conf/algo/<preset>.yaml): an AlgoConfig of the schema `algo.policy` names"""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     """where the run is recorded (conf/logger/<name>.yaml)"""
@@ -362,7 +214,7 @@ class Config:
     """the run folder (null: Hydra's output folder)"""
 
     def __post_init__(self) -> None:
-        _check("family" in self.env and "name" in self.env,
+        check("family" in self.env and "name" in self.env,
                f"env={dict(self.env)!r}; an env config needs 'name' and 'family' (pick one: env=pp, env=pcp, ...)")
         try:  # the env family's own schema (envs.registry): unknown keys, wrong types, missing keys
             validate_env_config(self.env)
@@ -370,20 +222,20 @@ class Config:
             raise ConfigError(str(e).strip().splitlines()[0]) from None
         for key in ("total_env_steps", "num_envs", "rollout_length", "ppo_epochs", "torch_threads", "eval_every",
                     "checkpoint_every"):
-            _check(getattr(self, key) >= 1, f"{key}={getattr(self, key)}; must be >= 1")
-        _check(0 <= self.seed <= SEED_MAX,
+            check(getattr(self, key) >= 1, f"{key}={getattr(self, key)}; must be >= 1")
+        check(0 <= self.seed <= SEED_MAX,
                f"seed={self.seed}; must be in [0, {SEED_MAX}] (2**31 - 1 - {SEED_ROOM:,}: every seed derived from it "
                "stays a 31-bit integer)")
         for key in ("num_envs", "eval_episodes", "eval_envs"):
             value = getattr(self, key)
-            _check(value is None or value <= MAX_ENVS, f"{key}={value}; must be <= {MAX_ENVS:,}")
-        _check(self.eval_episodes is None or self.eval_episodes >= 1,
+            check(value is None or value <= MAX_ENVS, f"{key}={value}; must be <= {MAX_ENVS:,}")
+        check(self.eval_episodes is None or self.eval_episodes >= 1,
                f"eval_episodes={self.eval_episodes}; must be >= 1 (or null for the env's default)")
-        _check(self.eval_envs is None or self.eval_envs >= 1,
+        check(self.eval_envs is None or self.eval_envs >= 1,
                f"eval_envs={self.eval_envs}; must be >= 1 (or null for the env's default)")
         for key, null in (("run_dir", "Hydra's output folder"), ("resume", "start fresh")):
             value = getattr(self, key)
-            _check(value is None or str(value).strip() != "",
+            check(value is None or str(value).strip() != "",
                    f"{key}={value!r}; must be a non-empty path (or null: {null})")
         self._check_resume_seeds()
         try:
@@ -398,7 +250,7 @@ class Config:
         if hasattr(env_class(self.env["family"]), "state_dict"):
             return
         largest = self.seed + RESUME_RESEED_STRIDE * self.iterations + self.num_envs - 1
-        _check(largest <= INT31_MAX,
+        check(largest <= INT31_MAX,
                f"seed={self.seed} with {self.iterations} iterations: env family {self.env['family']!r} cannot save its "
                f"state, so a resume reseeds it with up to seed + {RESUME_RESEED_STRIDE} x iterations + num_envs - 1 = "
                f"{largest:,}, above 2**31 - 1; lower seed or total_env_steps")

@@ -5,13 +5,14 @@ config as YAML text (run folders, checkpoints). The schema itself is commformer/
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import typing
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from commformer.config import AlgoConfig, CommFormerConfig, Config, ConfigError, LoggerConfig, _check
+from commformer.config import AlgoConfig, Config, ConfigError, LoggerConfig, check
 from commformer.protocol import policy_entry
 from envs.registry import closest_name
 
@@ -24,7 +25,7 @@ def schema_keys(algo: type | None = None) -> list[str]:
     keys = []
     for f in dataclasses.fields(Config):
         if f.name == "algo":
-            keys += [f"algo.{g.name}" for g in dataclasses.fields(algo or CommFormerConfig)]
+            keys += [f"algo.{g.name}" for g in dataclasses.fields(algo or algo_schema("commformer"))]
         elif f.name == "logger":
             keys += [f"logger.{g.name}" for g in dataclasses.fields(LoggerConfig)]
         else:
@@ -50,6 +51,40 @@ def closest_hint(word: str, allowed: Sequence[str]) -> str:
     return f" (did you mean {match}?)" if match else ""
 
 
+def bool_keys(algo: type | None = None) -> list[str]:
+    """The dotted keys of the schema whose type is bool: top-level, algo.* (of the algo schema `algo`, default
+    commformer's) and logger.*."""
+    keys = []
+    for cls, prefix in ((Config, ""), (algo or algo_schema("commformer"), "algo."), (LoggerConfig, "logger.")):
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # a policy's schema with annotations that do not resolve here: its literal ones
+            hints = {f.name: f.type for f in dataclasses.fields(cls)}
+        keys += [prefix + f.name for f in dataclasses.fields(cls)
+                 if hints.get(f.name) in (bool, Optional[bool], "bool", "Optional[bool]")]
+    return keys
+
+
+def check_bools(values: Iterable[tuple[str, Any]], algo: type | None = None) -> None:
+    """ConfigError for a value of a bool key (bool_keys) that is not true / false (or null): OmegaConf would turn
+    2, 'yes' or 'on' into true without a word. values: (dotted key, value as given) pairs; interpolations pass."""
+    keys = set(bool_keys(algo))
+    for key, value in values:
+        if key not in keys or value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str) and "${" in value:
+            continue
+        shown = repr(value) if isinstance(value, str) else value
+        raise ConfigError(f"{key}={shown}; must be true or false")
+
+
+def _dotted(container: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested dict."""
+    if isinstance(container, dict):
+        for k, v in container.items():
+            yield from _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+
 def algo_schema(policy: str) -> type:
     """The algo schema of a policy: the `config` of its PolicyEntry (commformer.protocol.policy_entry; ConfigError
     naming the value otherwise)."""
@@ -57,7 +92,7 @@ def algo_schema(policy: str) -> type:
         schema = policy_entry(policy).config
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check(isinstance(schema, type) and issubclass(schema, AlgoConfig),
+    check(isinstance(schema, type) and issubclass(schema, AlgoConfig),
            f"algo.policy={policy!r}: its config {schema!r} must subclass commformer.config.AlgoConfig")
     return schema
 
@@ -82,6 +117,7 @@ def load_config(cfg: DictConfig | dict) -> Config:
     # plain values: the composed algo node is typed with the shared keys only (register_configs)
     raw = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg)
     schema = algo_schema(str(OmegaConf.select(raw, "algo.policy", default="commformer")))
+    check_bools(_dotted(OmegaConf.to_container(raw, resolve=False)), schema)
     try:
         base = OmegaConf.structured(Config)
         base.algo = OmegaConf.structured(schema)

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from commformer.config import CommFormerConfig, Config, ConfigError, LoggerConfig
+from commformer.config import Config, ConfigError, LoggerConfig
 from commformer.hydra_glue import algo_schema
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -40,7 +40,7 @@ def sections(cfg: Any) -> tuple[tuple[str, type], ...]:
     try:
         algo = algo_schema(str(OmegaConf.select(cfg, "algo.policy", default="commformer")))
     except ConfigError:
-        algo = CommFormerConfig
+        algo = algo_schema("commformer")
     return (("algo", algo), ("logger", LoggerConfig))
 
 

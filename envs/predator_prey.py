@@ -69,6 +69,9 @@ class _GridPursuit(FamilyInfo):
         if dim * dim < n_agents + 1:
             raise EnvConfigError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
                                  f"that {n_agents} agents and the prey need")
+        if vision > dim - 1:  # from every cell a window of radius dim - 1 already covers the whole grid
+            raise EnvConfigError(f"env.vision={vision}; must be <= env.dim - 1 = {dim - 1} (env.dim={dim}: a wider "
+                                 "window sees nothing more and only makes the observations larger)")
         n_cells, side = dim * dim, 2 * vision + 1
         self.n_cells, self.window_cells = n_cells, side * side
         self.cell_width = n_cells + 4

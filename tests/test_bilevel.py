@@ -7,7 +7,7 @@ from core_utils import make_config, signal_env
 
 from core_utils import make_agent
 
-from commformer.config import CommFormerConfig
+from commformer.policies import CommFormerConfig
 from commformer.method.policy import Acting, CommFormerPolicy, Schedule
 from commformer.policies import build_policy
 from commformer.training.optimisers import Optimisers
@@ -42,6 +42,9 @@ def test_phase_over_iterations():
 def test_phase_without_alpha():
     assert [phase(i, 5, "full", warmup_iters=2) for i in range(5)] == ["fixed"] * 5
     assert [phase(i, 5, "random", gate=True, warmup_iters=2) for i in range(5)] == ["warmup"] * 2 + ["fixed"] * 3
+    for mode in ("random", "none", "full"):  # one warm-up rule for every arm
+        assert [phase(i, 5, mode, warmup_iters=2, warmup_every_graph=True) for i in range(5)] == \
+            ["warmup"] * 2 + ["fixed"] * 3
 
 
 def test_acting_choices():
@@ -325,7 +328,7 @@ def test_sign_of_alphas_gradient_where_one_sender_helps(graph_grad):
     active = torch.zeros(R, 3, dtype=torch.bool)
     active[:, 0] = True
     batch = {"obs": obs, "avail": avail, "alive": alive, "actions": actions, "graph": hard, "noise": noise,
-             "advantages": advantages, "active": active}
+             "advantages": advantages, "returns": advantages, "active": active}
     with torch.no_grad():
         batch["graph_logp"] = agent.graph.log_prob(hard, noise)
         old = agent.score(batch, "bilevel", upper=False, relax=False).log_prob
@@ -341,3 +344,20 @@ def test_sign_of_alphas_gradient_where_one_sender_helps(graph_grad):
         assert torch.all(grad[1:] == 0)  # the other receivers' advantages are 0 / inactive
     else:
         assert torch.isfinite(grad).all() and grad[0, 0] == 0  # no self edge
+
+
+@pytest.mark.parametrize("graph_grad", ["straight_through", "score"])
+def test_upper_gradients_per_loss_term(tmp_path, graph_grad):
+    """logger.alpha_grads' diagnostic: one [N,N] gradient per loss term, alpha and the network untouched by it; with
+    graph_grad=score only the surrogate (the extra term) reaches alpha, with straight_through the PPO terms do."""
+    tr, ro = trainer_with_rollout(tmp_path, graph_grad=graph_grad)
+    alpha = tr.policy.graph.alpha.detach().clone()
+    grads: dict = {}
+    ppo_update(tr.policy, ro, tr.opt, tr.vnorm, tr.cfg.algo, 5, "bilevel", grads)
+    assert set(grads) >= {"policy", "value", "entropy"} and all(g[0].shape == (4, 4) for g in grads.values())
+    if graph_grad == "score":
+        assert "extra" in grads and float(grads["extra"][0].abs().sum()) > 0
+        assert all(float(grads[k][0].abs().sum()) == 0 for k in ("policy", "value", "entropy"))
+    else:
+        assert float(grads["policy"][0].abs().sum()) > 0
+    assert not torch.equal(tr.policy.graph.alpha.detach(), alpha)  # the update itself stepped alpha (epoch 4)

@@ -17,7 +17,8 @@ import pytest
 from core_utils import ROOT, TINY_PP, make_config, read_csv
 from wandb_records import isolate_wandb, of_type, offline_runs, wandb_env, wandb_records
 
-from commformer.config import CommFormerConfig, Config, LoggerConfig
+from commformer.config import Config, LoggerConfig
+from commformer.policies import CommFormerConfig
 from commformer.keyhelp import field_docs
 from commformer.training.checkpoint import load_checkpoint
 from commformer.training.sweep_naming import sweep_group

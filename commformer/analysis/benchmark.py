@@ -22,7 +22,7 @@ import yaml
 
 from commformer.analysis.compare import PRESETS, compare_main
 from commformer.analysis.tables import md_table
-from commformer.cli_args import positive_int
+from commformer.cli_args import OneLineParser, positive_int
 from commformer.errors import guarded
 from commformer.log_setup import script_logging
 from envs.core import random_available
@@ -139,9 +139,9 @@ def run_train_suite(quick: bool, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("env", "train", "all"), default="all")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="few steps (a smoke check, not a measurement)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--a-overrides", default="", help="extra overrides for side A (this checkout) only")
     g.add_argument("--b-overrides", default="", help="extra overrides for side B only (to compare two settings)")
     g.add_argument("--no-warmup", action="store_true", help="skip the short untimed run of each side first")
-    args = p.parse_args(argv)
+    args = guarded(lambda: p.parse_args(argv))
     if args.compare is not None:
         script_logging()
         text = guarded(lambda: compare_main(args.compare, args.pairs, args.preset, args.overrides.split(),

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from commformer.analysis.protocol import compare, group_runs, summarise_group
 from commformer.analysis.report import read_runs
 from commformer.analysis.tables import write_text
+from commformer.cli_args import OneLineParser
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
 
@@ -181,7 +182,7 @@ def claims_markdown(studies: Path) -> str:
 
 
 def claims_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = OneLineParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--studies", default="runs/studies", help="the folder holding <study>/<date>_<time> sweeps")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
@@ -189,7 +190,7 @@ def claims_parser() -> argparse.ArgumentParser:
 
 
 def claims_main(argv: Sequence[str] | None = None) -> str:
-    args = claims_parser().parse_args(argv)
+    args = guarded(lambda: claims_parser().parse_args(argv))
     script_logging()
 
     def run() -> str:

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from commformer.analysis.plots import require_matplotlib
+from commformer.cli_args import OneLineParser
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
 from commformer.training.graph_history import read_history
@@ -162,11 +163,44 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         raise UsageError(f"RUN_DIR={str(run_dir)!r} is not a folder")
     records = read_history(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    return [plot_alpha_heatmaps(records, out / HEATMAP_FILE), plot_graph_network(records[-1], out / NETWORK_FILE)]
+    paths = [plot_alpha_heatmaps(records, out / HEATMAP_FILE), plot_graph_network(records[-1], out / NETWORK_FILE)]
+    if any(r.get("alpha_grad") for r in records):
+        paths.append(plot_alpha_grads(records, out / ALPHA_GRADS_FILE))
+    return paths
+
+
+ALPHA_GRADS_FILE = "alpha_grads.png"
+
+
+def plot_alpha_grads(records: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
+    """One panel per loss term of the records' alpha_grad (logger.alpha_grads): for every edge (receiver i, sender j),
+    minus the term's gradient over training, i.e. the direction an upper-level step moves alpha[i, j] (up: toward
+    hearing j), coloured by the sender, one line style per receiver."""
+    plt = _pyplot()
+    recs = [r for r in records if r.get("alpha_grad")]
+    terms = list(recs[0]["alpha_grad"])
+    n = len(recs[0]["alpha_grad"][terms[0]])
+    x = [r["env_steps"] for r in recs]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
+    for ax, term in zip(axes[0], terms):
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    y = [-float(r["alpha_grad"][term][i][j]) for r in recs]
+                    ax.plot(x, y, color=colours(j % 10), linestyle=styles[i % len(styles)], linewidth=1.0,
+                            label=f"sender {j}" if i == (1 if j == 0 else 0) else None)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_title(f"-d {term} / d alpha")
+        ax.set_xlabel("env steps")
+    axes[0][0].set_ylabel("step direction (up: toward the sender)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    return _save(fig, plt, out)
 
 
 def plot_graph_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="plot_graph.py",
         description="Draw a run's communication graph from its graph_history.jsonl: alpha heatmaps over training "
                     f"({HEATMAP_FILE}) and the final graph as a directed network ({NETWORK_FILE}). Needs matplotlib "
@@ -186,6 +220,6 @@ def _plot(args: argparse.Namespace) -> list[Path]:
 
 def plot_graph_main(argv: Sequence[str] | None = None) -> list[Path]:
     """`scripts/plot_graph.py RUN_DIR [--out DIR]`; returns the files written."""
-    args = plot_graph_parser().parse_args(argv)
+    args = guarded(lambda: plot_graph_parser().parse_args(argv))
     script_logging()
     return guarded(lambda: _plot(args))  # type: ignore[return-value]

@@ -21,7 +21,8 @@ import torch
 
 from commformer.analysis import stats
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, fmt, fmt_ci
-from commformer.cli_args import positive_int
+from commformer.cli_args import OneLineParser, int_in, positive_int
+from commformer.config import SEED_MAX
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
 from commformer.analysis.loaded_run import (EVALUATE_SEED_OFFSET, LoadedRun, build_eval_policy, default_seed,
@@ -41,19 +42,25 @@ GRAPH_OPTIONS = ("auto", "deterministic", "sample", "full")
 GATE_OPTIONS = ("auto", "threshold", "open", "sample")
 
 
+# most episodes of one evaluate.py run (chunk i of MAX_CHUNK copies gets seed + i: the chunk index stays < 10,000;
+# docs/tools.md, "Allowed values and what the errors say")
+MAX_EPISODES = 10_000_000
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Re-evaluate checkpoints with argmax actions (the 'absolute' score: 10x the training "
                     "evaluation's episodes on a fresh seed) and print, per checkpoint, markdown tables: mean return "
                     "and steps with their IQM and 95% bootstrap intervals over episodes, and the success/won rate "
                     "with its 95% Wilson interval.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT_OR_RUN_DIR",
                    help="a checkpoint .pt file, or a run folder (its checkpoints/last.pt is used)")
-    p.add_argument("--episodes", type=positive_int, default=None,
-                   help=f"episodes per checkpoint (default: {ABSOLUTE_FACTOR}x the run's evaluation episodes)")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"env seed of the first {MAX_CHUNK} episodes; chunk i uses seed + i (default: the run's "
-                        f"seed + {EVALUATE_SEED_OFFSET:,}, never the seed training evaluated on)")
+    p.add_argument("--episodes", type=int_in(1, MAX_EPISODES), default=None,
+                   help=f"episodes per checkpoint, at most {MAX_EPISODES:,} (default: {ABSOLUTE_FACTOR}x the run's "
+                        "evaluation episodes)")
+    p.add_argument("--seed", type=int_in(0, SEED_MAX, " (room for the seeds derived from it)"), default=None,
+                   help=f"env seed of the first {MAX_CHUNK} episodes; chunk i uses seed + i (0 to {SEED_MAX:,}; "
+                        f"default: the run's seed + {EVALUATE_SEED_OFFSET:,}, never the seed training evaluated on)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:<index> (default: cpu)")
     p.add_argument("--graph", choices=GRAPH_OPTIONS, default="auto",
                    help="communication graph: deterministic (top-k of alpha), sample (Gumbel top-k), full; auto "
@@ -307,7 +314,7 @@ def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def evaluate_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`scripts/evaluate.py CHECKPOINT_OR_RUN_DIR [...] [options]`; returns the result records."""
-    args = evaluate_parser().parse_args(argv)
+    args = guarded(lambda: evaluate_parser().parse_args(argv))
     script_logging()
     return guarded(lambda: _evaluate(args))  # type: ignore[return-value]
 

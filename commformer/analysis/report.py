@@ -23,7 +23,7 @@ from commformer.analysis.protocol import (GRID_POINTS, MESSAGES, METRIC_PREFEREN
                                           group_curves, group_runs, pick_metric, summarise_group)
 from commformer.analysis.runs import find_run_dirs, read_run
 from commformer.analysis.tables import N_BOOT, write_text
-from commformer.cli_args import positive_int
+from commformer.cli_args import OneLineParser, positive_int
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
 
@@ -36,7 +36,7 @@ FIGURE_OPTIONS = ("plot", "profiles", "messages_plot")
 
 
 def report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Collect run folders (metrics.csv + config.yaml), group them by every config key that differs, "
                     "and print markdown tables: per group the IQM of the runs' final evaluations with a 95% "
                     "bootstrap interval and the messages per step; the probability of improvement between the "
@@ -75,9 +75,61 @@ def report_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the metrics.csv columns --metric may name: the logged metrics (not iteration, env_steps or perf/ timings)
+METRIC_PREFIXES = ("eval/", "eval_sampled/", "train/", "comm/", "loss/")
+
+
+def check_metric(metric: str | None) -> None:
+    """--metric must name a metric column (METRIC_PREFIXES); UsageError naming them otherwise."""
+    if metric is not None and not (metric.startswith(METRIC_PREFIXES) and metric not in METRIC_PREFIXES):
+        raise UsageError(f"--metric={metric!r}: not a metric column; allowed: a metrics.csv column starting with "
+                         f"{', '.join(METRIC_PREFIXES)} (e.g. eval/success, eval/return; default: "
+                         f"{', else '.join(METRIC_PREFERENCE)})")
+
+
+def check_merge(keys: Sequence[str], runs: Sequence) -> None:
+    """Each --merge key must be a config key of the runs (or a prefix of some: algo, logger); UsageError naming the
+    keys that split these runs' groups otherwise."""
+    from commformer.hydra_glue import closest_hint
+
+    known = {k for r in runs for k in r.config}
+    prefixes = {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
+    for key in keys:
+        if key not in known and key not in prefixes:
+            differ = config_differences([r.config for r in runs])
+            splitting = ", ".join(differ) if differ else "none (every key but the run-only ones agrees)"
+            raise UsageError(f"--merge={key!r}: no run's config has this key{closest_hint(key, sorted(known | prefixes))}; "
+                             f"keys that split these runs' groups: {splitting}")
+
+
+def check_figure_format(option: str, path: str) -> None:
+    """A figure file's ending must be a format matplotlib writes (UsageError naming them)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if Path(path).suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"{option}={path!r}: the file's ending picks the format; allowed: "
+                         f"{', '.join('.' + f for f in formats)}")
+
+
+def check_output_path(option: str, path: str) -> None:
+    """An output file's path must be writable as a file: not a folder, no file in place of a folder above it
+    (UsageError naming the option)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option}={path!r} is a folder; give a file name")
+    above = target.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UsageError(f"{option}={path!r} cannot be written: {str(above)!r} is a file, not a folder")
+
+
 def _fill_out_dir(args: argparse.Namespace) -> None:
     if args.out_dir is None:
         return
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise UsageError(f"--out-dir={args.out_dir!r} is a file; give a folder (it is made when missing)")
     for option, name in OUT_DIR_FILES.items():
         if getattr(args, option) is None:
             setattr(args, option, str(Path(args.out_dir) / name))
@@ -88,10 +140,16 @@ def read_runs(roots: Sequence[str]) -> list:
     dirs = find_run_dirs(roots)
     if not dirs:
         raise UsageError(f"no run folders (a folder with metrics.csv and config.yaml) under {', '.join(roots)}")
-    runs = [r for r in (read_run(d) for d in dirs) if r is not None]
-    if not runs:
-        raise UsageError(f"none of the {len(dirs)} run folder(s) under {', '.join(roots)} could be read (each is "
-                         "named in a warning above)")
+    problems: list[str] = []
+    runs = [r for r in (read_run(d, problems) for d in dirs) if r is not None]
+    if not runs:  # the first folder's reason in the error line, the others' in warnings above it
+        for text in problems[1:]:
+            log.warning("%s", text)
+        others = f" (the other {len(problems) - 1} are named above)" if len(problems) > 1 else ""
+        raise UsageError(f"none of the {len(dirs)} run folder(s) under {', '.join(roots)} could be read: "
+                         f"{problems[0].removesuffix('; skipped')}{others}")
+    for text in problems:
+        log.warning("%s", text)
     return runs
 
 
@@ -116,13 +174,19 @@ def marl_eval_json(pairs: Sequence[tuple[Group, dict[str, Any]]], points: int) -
 
 
 def _report(args: argparse.Namespace) -> list[dict[str, Any]]:
+    check_metric(args.metric)
     _fill_out_dir(args)
+    for option in OUT_DIR_FILES:  # before any work
+        if getattr(args, option) is not None:
+            check_output_path("--" + option.replace("_", "-"), getattr(args, option))
     for option in FIGURE_OPTIONS:
         if getattr(args, option) is not None:
             from commformer.analysis.plots import require_matplotlib
 
             require_matplotlib("--" + option.replace("_", "-"))  # before any work
+            check_figure_format("--" + option.replace("_", "-"), getattr(args, option))
     runs = read_runs(args.roots)
+    check_merge(args.merge, runs)
     groups = group_runs(runs, args.merge)
     skipped: list[str] = []
     pairs = [(g, row) for g in groups if (row := summarise_group(g, args.metric, args.n_boot, skipped)) is not None]
@@ -183,6 +247,6 @@ def _figures(args: argparse.Namespace, pairs: Sequence[tuple[Group, dict[str, An
 
 def report_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`scripts/report.py RUN_DIR_OR_PARENT [...] [options]`; returns the table rows (each with its comparisons)."""
-    args = report_parser().parse_args(argv)
+    args = guarded(lambda: report_parser().parse_args(argv))
     script_logging()
     return guarded(lambda: _report(args))  # type: ignore[return-value]

@@ -61,6 +61,8 @@ def find_run_dirs(roots: Sequence[str | Path]) -> list[Path]:
     found: set[Path] = set()
     for root in roots:
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{str(root)!r} is a file, not a folder (give a run folder or a folder of runs)")
         if not root.is_dir():
             raise UsageError(f"run folder {str(root)!r} does not exist (give a run folder or a folder of runs)")
         for csv_path in [root / "metrics.csv", *root.rglob("metrics.csv")]:
@@ -69,35 +71,60 @@ def find_run_dirs(roots: Sequence[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def read_run(path: Path) -> Run | None:
-    """Parse a run folder; None (with a warning naming the file) when its config.yaml is not a YAML mapping with
-    env.name, env.family and algo.name, or when its metrics.csv is not a readable CSV text file."""
+def read_run(path: Path, problems: list[str] | None = None) -> Run | None:
+    """Parse a run folder; None when its config.yaml is not a YAML mapping with env.name, env.family and algo.name,
+    or when its metrics.csv is not a CSV text file as the trainer writes it (a header with iteration and env_steps,
+    no NUL bytes, no row longer than the header). Why, naming the file, goes to `problems` when given, else to a
+    warning."""
+
+    def skip(text: str) -> None:
+        if problems is None:
+            log.warning("%s", text)
+        else:
+            problems.append(text)
+
     config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     try:
         config = yaml.safe_load(config_file.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        log.warning("%s: not a readable YAML file (%s); skipped", config_file, str(e).splitlines()[0])
+        skip(f"{config_file}: not a readable YAML file ({str(e).splitlines()[0]}); skipped")
         return None
     if not isinstance(config, Mapping):
-        log.warning("%s: holds a YAML %s, not a run's config (a mapping); skipped", config_file,
-                    type(config).__name__)
+        skip(f"{config_file}: holds a YAML {type(config).__name__}, not a run's config (a mapping); skipped")
         return None
     env, algo = config.get("env") or {}, config.get("algo") or {}
     if not isinstance(env, Mapping) or not isinstance(algo, Mapping) or not all(
             (env.get("name"), env.get("family"), algo.get("name"))):
-        log.warning("%s: lacks env.name, env.family or algo.name; skipped", config_file)
+        skip(f"{config_file}: lacks env.name, env.family or algo.name; skipped")
         return None
     try:
         with metrics_file.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error, OSError) as e:
-        log.warning("%s: not a readable CSV text file (%s); skipped", metrics_file, type(e).__name__)
+        skip(f"{metrics_file}: not a readable CSV text file ({type(e).__name__}); skipped")
         return None
-    if rows and "\x00" in "".join(rows[0].keys() if rows[0] else ""):
-        log.warning("%s: not a CSV text file (NUL bytes); skipped", metrics_file)
+    why = metrics_problem(header, rows)
+    if why is not None:
+        skip(f"{metrics_file}: not a metrics file as the trainer writes it ({why}); skipped")
         return None
     return Run(path, str(env["name"]), str(env["family"]), str(algo["name"]), config.get("seed"),
                flatten(config), rows, metrics_file.stat().st_mtime)
+
+
+def metrics_problem(header: Sequence[str], rows: Sequence[Mapping[Any, Any]]) -> str | None:
+    """Why a metrics.csv's header and rows are not the trainer's (NUL bytes, no iteration / env_steps column, a row
+    with more fields than the header), or None."""
+    if any("\x00" in str(name) for name in header) or any(
+            "\x00" in str(v) for r in rows for v in r.values() if isinstance(v, str)):
+        return "NUL bytes"
+    if rows and not {"iteration", "env_steps"} <= set(header):
+        return "its header lacks the iteration and env_steps columns"
+    long = next((i for i, r in enumerate(rows, start=2) if None in r), None)
+    if long is not None:
+        return f"line {long} has more fields than the header"
+    return None
 
 
 def final_row(rows: Sequence[Mapping[str, str]], metric: str) -> Mapping[str, str] | None:

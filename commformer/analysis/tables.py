@@ -28,6 +28,12 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write text, creating the parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    """Write text, creating the parent folders; UsageError naming the file when it cannot be written (a folder or a
+    file in the way, no permission, a full disk)."""
+    from commformer.errors import UsageError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise UsageError(f"{str(path)!r} cannot be written: {e.strerror or e}") from None

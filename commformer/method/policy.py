@@ -78,9 +78,10 @@ class Schedule:
     split_fraction: float = 0.25
     comm_cost: float = 0.0
     decoder_graph_grad: bool = False
-    graph_grad: str = "straight_through"  # straight_through (released) | score (ours; docs/method.md, "Bi-level ...")
+    graph_grad: str = "straight_through"  # straight_through (released) | score (ours; docs/method.md, "Bi-level schedule")
     acting_graph: str = "sample"  # sample (a Gumbel top-k per env and step) | topk (top-k(alpha), as released)
     clip: float = 0.2  # the PPO clip of the score-function surrogate
+    warmup_every_graph: bool = False  # fixed graphs (full, none, random) warm up on the full graph too
 
 
 class CommFormerPolicy(nn.Module):
@@ -106,7 +107,8 @@ class CommFormerPolicy(nn.Module):
         """The schedule's phase at a 0-based iteration."""
         s = self.schedule
         if not self.graph.learned:
-            return WARMUP if (self.model.gate is not None and iteration < s.warmup_iters) else FIXED
+            warms = self.model.gate is not None or s.warmup_every_graph
+            return WARMUP if (warms and iteration < s.warmup_iters) else FIXED
         if iteration < s.warmup_iters:
             return WARMUP
         if s.freeze_fraction < 1.0 and iteration >= s.freeze_fraction * total_iterations:
@@ -274,11 +276,17 @@ class CommFormerPolicy(nn.Module):
 
     def graph_surrogate(self, batch: dict[str, Any]) -> Tensor:
         """The graph as an action (graph_grad=score, ours): -mean over active receivers of
-        min(r A, clip(r, 1 - eps, 1 + eps) A), r = P_alpha(senders) / P_acting(senders), A the receiver's
-        (normalised) advantage: alpha moves toward the senders whose messages preceded better-than-expected
-        actions of their receiver. batch: graph, noise, graph_logp [R,...], advantages, active [R,N]."""
+        min(r A, clip(r, 1 - eps, 1 + eps) A), r = P_alpha(senders) / P_acting(senders), A the receiver's discounted
+        return normalised over the batch: alpha moves toward the senders whose messages preceded better returns of
+        their receiver. Not the PPO advantage: the critic reads the sampled graph (its value of a state with the
+        scout heard is high, and the next step's graph is drawn again), so an advantage would charge the heard sender
+        for the critic's optimism; alpha does not depend on the state, so the batch mean is a fair baseline.
+        batch: graph, noise, graph_logp [R,...], returns, active [R,N]."""
         ratio = torch.exp(self.graph.log_prob(batch["graph"], batch["noise"]) - batch["graph_logp"])
-        adv, eps = batch["advantages"], self.schedule.clip
+        active, ret = batch["active"], batch["returns"]
+        mean = masked_mean(ret, active)
+        adv = (ret - mean) / (masked_mean((ret - mean) ** 2, active).sqrt() + 1e-8)
+        eps = self.schedule.clip
         surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
         return -masked_mean(surr, batch["active"])
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from commformer.config import Config, ConfigError
 from commformer.hydra_glue import from_yaml
 from commformer.overrides import override_key
-from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from commformer.training.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, remove_stale_temps
 
 # Keys a resumed run takes from the command line instead of the checkpoint's config.
 RESUME_OVERRIDABLE = ("total_env_steps", "eval_every", "checkpoint_every", "logger", "device", "torch_threads",
@@ -43,6 +43,24 @@ def run_folder_of(resume: str | Path) -> Path | None:
     if path.parent.name == "checkpoints":
         return path.parent.parent
     return None
+
+
+def check_first_write(resume: str) -> None:
+    """A run folder without a checkpoint whose checkpoints/ holds only the temp file of a killed write (the run was
+    stopped during its first checkpoint write): CheckpointError saying so, after removing the temp file as a later
+    start would. Anything else is left to checkpoint_path's own error."""
+    try:
+        checkpoint_path(resume)
+        return
+    except CheckpointError:
+        pass
+    path = Path(resume)
+    folders = [path / "checkpoints", path] if path.is_dir() else [path.parent] if path.parent.is_dir() else []
+    removed = [p for folder in folders for p in remove_stale_temps(folder)]
+    if removed:
+        raise CheckpointError(f"resume={resume!r}: the run has no complete checkpoint yet: it was stopped during its "
+                              f"first checkpoint write (the partial file {removed[0].name} is removed); start it "
+                              "again (the same command without resume=)")
 
 
 def saved_config(ckpt: dict[str, Any], resume: str) -> Config:
@@ -74,6 +92,7 @@ def plan_resume(current: Config, overrides: Sequence[str] | None = None) -> tupl
     run already did. overrides: the command line's key=value strings (None for a config built in code: then every
     RESUME_OVERRIDABLE key comes from `current` and nothing else is compared)."""
     assert current.resume, "plan_resume needs cfg.resume"
+    check_first_write(current.resume)
     ckpt = load_checkpoint(current.resume, map_location="cpu")
     saved = saved_config(ckpt, current.resume)
     bad = changed_overrides(saved, current, overrides or ())

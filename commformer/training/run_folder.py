@@ -22,6 +22,24 @@ def git_revision() -> str:
         return "unknown"
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """RunFolderError (one line) when `run_dir` cannot be made or written: it, or the nearest folder above it that
+    exists, is a file, or that folder is not writable. Nothing is created."""
+    import os
+
+    existing = Path(run_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{str(existing)!r} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"no permission to write in {str(existing)!r}"
+    else:
+        return
+    raise RunFolderError(f"run folder {str(run_dir)!r} cannot be written: {why} (give a writable run_dir or "
+                         "hydra.run.dir)")
+
+
 def start_run_folder(run_dir: Path, config_yaml: str) -> None:
     """Create `run_dir` with config.yaml and git_revision.txt; RunFolderError (one line) when it cannot be written."""
     try:

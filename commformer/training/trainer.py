@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from commformer.config import AlgoConfig, Config
+from commformer.config import RESUME_RESEED_STRIDE, AlgoConfig, Config
 from commformer.hydra_glue import to_yaml
 from commformer.errors import TrainingStopped
 from commformer.policies import build_policy
@@ -80,6 +80,8 @@ class Trainer:
             self.close()
             raise
         remove_stale_temps(self.run_dir / "checkpoints")
+        for line in cfg.algo.run_notes(cfg):  # legal settings whose effect differs from what they say
+            log.warning("%s", line)
         self.logger = Logger(cfg.logger, self.run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
                              cfg.iterations * cfg.batch_env_steps, self.run_name, start_env_steps=self.env_steps,
                              resume_iteration=self.iteration if ckpt is not None else None,
@@ -131,7 +133,7 @@ class Trainer:
             self.collector.carry = ckpt.get("carry")
         else:  # the env cannot restore its state: start fresh episodes, seeded by the iteration
             log.warning("env %s cannot save its state: resumed run starts new episodes", self.cfg.env["name"])
-            self.collector.reset(self.cfg.seed + 7919 * self.iteration, self.policy)
+            self.collector.reset(self.cfg.seed + RESUME_RESEED_STRIDE * self.iteration, self.policy)
 
     def save(self) -> Path:
         """Write checkpoints/last.pt; never over a finite checkpoint with non-finite weights (TrainingStopped)."""

@@ -31,14 +31,16 @@ def flat(x: Tensor, cols: Tensor | None) -> Tensor:
 
 
 def minibatches(batch: dict[str, Tensor], n: int) -> list[dict[str, Tensor]]:
-    """The rows [R,...] of every tensor in `batch` split into n random minibatches (the whole batch when n == 1)."""
+    """The rows [R,...] of every tensor in `batch` split into exactly n random minibatches (the whole batch when
+    n == 1): a random permutation cut by tensor_split, so the sizes differ by at most one (6 rows, n = 4: 2, 2, 1, 1;
+    `chunk` would give 3 parts there). When n divides R the parts are chunk's (the same rows as before)."""
     if n == 1:
         return [batch]
     rows = batch["obs"].shape[0]
     if n > rows:  # Config.__post_init__ checks each level's rows up front; this guards direct callers
         raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch")
     return [{k: v[idx] for k, v in batch.items()}
-            for idx in torch.randperm(rows, device=batch["obs"].device).chunk(n)]
+            for idx in torch.randperm(rows, device=batch["obs"].device).tensor_split(n)]
 
 
 @contextmanager
@@ -104,6 +106,9 @@ def upper_gradients(policy: Policy, batch: dict[str, Tensor], params: list[Tenso
         terms["extra"] = sc.aux_loss
     out = {}
     for name, term in terms.items():
+        if not term.requires_grad:  # a term that does not reach the upper level (e.g. with graph_grad=score)
+            out[name] = [torch.zeros_like(p) for p in params]
+            continue
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
         out[name] = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
     return out
@@ -117,6 +122,10 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     denorm = vnorm.denormalize if vnorm is not None else (lambda x: x)
     advantages, targets = gae(ro.rewards, denorm(ro.values), ro.next_values(denorm), ro.terminated, ro.truncated,
                               algo.gamma, algo.gae_lambda)
+    # discounted returns (GAE with lambda = 1: the rewards to the episode's end, bootstrapped only at a truncation or
+    # the rollout's end), for policies that need a signal in which the critic's state-and-graph value plays no part
+    returns = gae(ro.rewards, denorm(ro.values), ro.next_values(denorm), ro.terminated, ro.truncated, algo.gamma,
+                  1.0)[1]
     split = policy.upper_columns(ro.obs.shape[1], phase)
     upper_cols, lower_cols = split if split is not None else (None, None)
     with torch.no_grad():  # old log-probs from the update's own (teacher-forced) pass: the first ratio is exactly 1
@@ -127,6 +136,7 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     if diagnostics is not None and any(policy.steps_upper(phase, e) for e in range(epochs)):
         batch = rows(ro, upper_cols)
         batch.update({"active": flat(ro.active, upper_cols), "targets": flat(targets, upper_cols),
+                      "returns": flat(returns, upper_cols),
                       "old_values": flat(ro.values, upper_cols), "old_log_prob": flat(old_log_prob, upper_cols)})
         batch["advantages"] = normalize_advantages(flat(advantages, upper_cols), batch["active"])
         with frozen(opt.lower_params):
@@ -137,7 +147,7 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
         upper = policy.steps_upper(phase, epoch)
         cols = upper_cols if upper else lower_cols
         batch = rows(ro, cols)
-        batch.update({"active": flat(ro.active, cols), "targets": flat(targets, cols),
+        batch.update({"active": flat(ro.active, cols), "targets": flat(targets, cols), "returns": flat(returns, cols),
                       "old_values": flat(ro.values, cols), "old_log_prob": flat(old_log_prob, cols)})
         batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
         for mb in minibatches(batch, algo.minibatches):

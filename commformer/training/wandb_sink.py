@@ -56,6 +56,8 @@ def init_wandb(cfg: LoggerConfig, context: RunContext, run_dir: Path, config: di
     wandb_id: continue that run. logger.wandb=online falls back to offline, with a warning, when the server cannot
     be reached or refuses the run."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    if not os.environ.get("WANDB_MODE", "unset").strip():  # set but empty: as if unset (wandb would reject it)
+        del os.environ["WANDB_MODE"]
     try:
         import wandb
     except ImportError as e:
