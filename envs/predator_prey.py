@@ -60,18 +60,10 @@ class _GridPursuit(FamilyInfo):
                  vision: int, episode_limit: int, n_actions: int):
         self.num_envs = check_num_envs(num_envs)
         self.device = torch.device(device)
-        self.dim = check_int("env.dim", dim, 1)
-        self.n_predators = check_int("env.n_predators", n_predators, 1)
-        self.n_capture = n_capture
-        self.vision = check_int("env.vision", vision, 0)
-        self.episode_limit = check_int("env.episode_limit", episode_limit, 1)
+        check_grid(dim, n_predators, n_capture, vision, episode_limit)
+        self.dim, self.n_predators, self.n_capture, self.vision = dim, n_predators, n_capture, vision
+        self.episode_limit = episode_limit
         n_agents = n_predators + n_capture
-        if dim * dim < n_agents + 1:
-            raise EnvConfigError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
-                                 f"that {n_agents} agents and the prey need")
-        if vision > dim - 1:  # from every cell a window of radius dim - 1 already covers the whole grid
-            raise EnvConfigError(f"env.vision={vision}; must be <= env.dim - 1 = {dim - 1} (env.dim={dim}: a wider "
-                                 "window sees nothing more and only makes the observations larger)")
         n_cells, side = dim * dim, 2 * vision + 1
         self.n_cells, self.window_cells = n_cells, side * side
         self.cell_width = n_cells + 4
@@ -338,11 +330,32 @@ class PredatorPrey(_GridPursuit):
                  vision: int = 1, episode_limit: int = 20):
         super().__init__(num_envs, device, dim, n_predators, 0, vision, episode_limit, n_actions=5)
 
+    @staticmethod
+    def check_config(params: dict) -> None:
+        """The values' checks, without building anything (envs.registry.validate_env_config runs it)."""
+        check_grid(params["dim"], params["n_predators"], 0, params["vision"], params["episode_limit"])
+
     def place(self, predators: Tensor | Sequence, prey: Tensor | Sequence) -> Step:
         """Put the predators at `predators` ([B,N,2] or [N,2], (row, col)) and the prey at `prey` ([B,2] or [2]);
         predators on the prey become done, others active; the step counter and the return so far are kept.
         Returns the Step (reward 0) of the placed state."""
         return self._place(predators, prey, None)
+
+
+def check_grid(dim: int, n_predators: int, n_capture: int, vision: int, episode_limit: int) -> None:
+    """EnvConfigError (one line) unless the values make a grid task: a grid with a cell for every agent and the prey,
+    a vision no wider than the grid (dim - 1 already covers it from every cell)."""
+    check_int("env.dim", dim, 1)
+    check_int("env.n_predators", n_predators, 1)
+    check_int("env.vision", vision, 0)
+    check_int("env.episode_limit", episode_limit, 1)
+    n_agents = n_predators + n_capture
+    if dim * dim < n_agents + 1:
+        raise EnvConfigError(f"env.dim={dim}; a {dim}x{dim} grid has fewer than the {n_agents + 1} distinct cells "
+                             f"that {n_agents} agents and the prey need")
+    if vision > dim - 1:
+        raise EnvConfigError(f"env.vision={vision}; must be <= env.dim - 1 = {dim - 1} (env.dim={dim}: a wider "
+                             "window sees nothing more and only makes the observations larger)")
 
 
 class PredatorCapturePrey(_GridPursuit):
@@ -353,6 +366,12 @@ class PredatorCapturePrey(_GridPursuit):
                  n_capture: int = 1, vision: int = 1, episode_limit: int = 20):
         super().__init__(num_envs, device, dim, n_predators, check_int("env.n_capture", n_capture, 1), vision,
                          episode_limit, n_actions=6)
+
+    @staticmethod
+    def check_config(params: dict) -> None:
+        """The values' checks, without building anything (envs.registry.validate_env_config runs it)."""
+        check_grid(params["dim"], params["n_predators"], check_int("env.n_capture", params["n_capture"], 1),
+                   params["vision"], params["episode_limit"])
 
     @property
     def capture_pos(self) -> Tensor:

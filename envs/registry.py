@@ -180,6 +180,9 @@ def validate_env_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k, key in schema.keys.items() if key.required and k not in out]
     if missing:
         raise EnvConfigError(f"env.{missing[0]} is missing: env family {family!r} needs it (required keys: {missing})")
+    check = getattr(env_class(family), "check_config", None)
+    if check is not None:  # the family's own checks of values, which build nothing
+        check({**{k: key.default for k, key in schema.keys.items() if not key.required}, **env_params(out)})
     return out
 
 
