@@ -18,10 +18,10 @@ from torch import Tensor
 from commformer.fast import training as fused
 from commformer.fast.acting import ActingWeights
 from commformer.fast.kernels import small_tensor_kernels
-from commformer.method.gates import straight_through_gate
-from commformer.method.graph import decoder_mask, receive_mask, topk_hot
+from commformer.method.gates import GateChoice, pick_gate, straight_through_gate
+from commformer.method.graph import GraphChoice, decoder_mask, receive_mask, topk_hot
 from commformer.method.model import neg_gumbel
-from commformer.method.policy import Acting, CommFormerPolicy, GateChoice, GraphChoice
+from commformer.method.policy import Acting, CommFormerPolicy
 from commformer.protocol import ActOut, Scored, WARMUP
 
 
@@ -82,7 +82,7 @@ class FastCommFormerPolicy(CommFormerPolicy):
             noise = -torch.log(-torch.log(u[:, :per_graph].clamp_(1e-10, 1.0 - 1e-7))).reshape(steps, batch, n, n)
             hard = topk_hot(self.graph.alpha.detach() + noise, self.graph.k)
         else:
-            hard, noise = self.pick_graph(batch, how.graph, None)
+            hard, noise = self.graph.pick(batch, how.graph, None)
             hard, noise = hard.expand(steps, batch, n, n), noise.expand(steps, batch, n, n)
         return RolloutPlan(weights, ActingDraws(hard, noise, neg_gumbel(u[:, per_graph:]).reshape(steps, n, batch, a)))
 
@@ -105,12 +105,12 @@ class FastCommFormerPolicy(CommFormerPolicy):
                 d = plan.draws
                 hard, noise, neg_noise = d.hard[t], d.noise[t], d.action[t]
             else:
-                hard, noise = self.pick_graph(obs.shape[0], how.graph, generator)
+                hard, noise = self.graph.pick(obs.shape[0], how.graph, generator)
                 neg_noise = None
             with small_tensor_kernels():
                 h = fast.embed(obs)
                 p = self.model.gate_prob(h)
-                gate = self.pick_gate(p, how.gate, generator)
+                gate = pick_gate(p, how.gate, generator)
                 g = None if gate is None else gate.float()
                 enc, mask_zero = fast.encode(h, hard, alive, g)
                 actions, logp, value = fast.decode(enc, mask_zero, g, avail, neg_noise, generator, deterministic)
@@ -126,7 +126,7 @@ class FastCommFormerPolicy(CommFormerPolicy):
             return super().value(obs, alive, stored, carry, how, generator)
         with small_tensor_kernels():
             h = fast.embed(obs)
-            gate = self.pick_gate(self.model.gate_prob(h), how.gate, generator)
+            gate = pick_gate(self.model.gate_prob(h), how.gate, generator)
             g = None if gate is None else gate.float()
             return fast.value(fast.encode(h, stored["graph"], alive, g)[0])
 

@@ -9,6 +9,7 @@ p > 0.5. Cost: comm_cost * mean over alive agents of p.
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
@@ -52,3 +53,22 @@ def straight_through_gate(hard: Tensor, p: Tensor) -> Tensor:
     """hard - stopgrad(p) + p: the stored decision in value (exactly: subtracting first keeps 1 - p + p == 1 in
     floating point, where 1 + p - p may not be), p's gradient. hard [B,N] bool, p [B,N] -> f32."""
     return hard.to(p.dtype) - p.detach() + p
+
+
+class GateChoice(str, Enum):
+    """How act() picks the gate."""
+
+    SAMPLE = "sample"  # Bernoulli(p)
+    OPEN = "open"  # always open (warm-up)
+    THRESHOLD = "threshold"  # p > 0.5 (evaluation)
+
+
+def pick_gate(p: Tensor | None, how: GateChoice, generator: torch.Generator | None) -> Tensor | None:
+    """[B,N] bool decisions from p [B,N] per GateChoice; None without a gate."""
+    if p is None:
+        return None
+    if how is GateChoice.OPEN:
+        return torch.ones_like(p, dtype=torch.bool)
+    if how is GateChoice.THRESHOLD:
+        return p > 0.5
+    return sample_gate(p, generator)

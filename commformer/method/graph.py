@@ -10,6 +10,7 @@ forward pass equals the acting graph while the gradient reaches alpha. Evaluatio
 from __future__ import annotations
 
 import math
+from enum import Enum
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +62,14 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     return hard.to(soft.dtype) - soft.detach() + soft
 
 
+class GraphChoice(str, Enum):
+    """How act() picks the graph."""
+
+    SAMPLE = "sample"  # Gumbel top-k (learned); the fixed graph of the other modes
+    FULL = "full"  # every other agent (warm-up)
+    DETERMINISTIC = "deterministic"  # top-k(alpha) without noise (evaluation, after freeze)
+
+
 class CommGraph(nn.Module):
     """The graph of one run. mode: learned | full | none | random (a fixed k-hot drawn from `seed`).
 
@@ -105,6 +114,16 @@ class CommGraph(nn.Module):
             return self.fixed.expand(batch, n, n).clone(), torch.zeros(batch, n, n, device=dev)
         noise = gumbel((batch, n, n), generator, dev)
         return topk_hot(self.alpha.detach() + noise, self.k), noise
+
+    def pick(self, batch: int, how: GraphChoice, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(hard [B,N,N] bool, noise [B,N,N] f32) per GraphChoice: a sample, the full graph or top-k(alpha)."""
+        if how is GraphChoice.FULL:
+            return self.full(batch)
+        if how is GraphChoice.DETERMINISTIC:
+            n = self.n_agents
+            hard = self.deterministic().expand(batch, n, n).clone()
+            return hard, torch.zeros(batch, n, n, device=hard.device)
+        return self.sample(batch, generator)
 
     def relaxed(self, hard: Tensor, noise: Tensor) -> Tensor:
         """A [...,N,N] f32: the stored hard graph in value; in mode learned the gradient reaches the current alpha."""

@@ -13,33 +13,16 @@ every arch_every-th PPO epoch and the network on the others; optionally frozen a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from commformer.method.gates import sample_gate, straight_through_gate
-from commformer.method.graph import CommGraph, decoder_mask, messages_per_step, receive_mask
+from commformer.method.gates import GateChoice, pick_gate, straight_through_gate
+from commformer.method.graph import CommGraph, GraphChoice, decoder_mask, messages_per_step, receive_mask
 from commformer.method.model import CommFormer
 from commformer.protocol import ActOut, BILEVEL, FIXED, FROZEN, WARMUP, Scored
 from commformer.tensors import masked_mean
-
-
-class GraphChoice(str, Enum):
-    """How act() picks the graph."""
-
-    SAMPLE = "sample"  # Gumbel top-k (learned); the fixed graph of the other modes
-    FULL = "full"  # every other agent (warm-up)
-    DETERMINISTIC = "deterministic"  # top-k(alpha) without noise (evaluation, after freeze)
-
-
-class GateChoice(str, Enum):
-    """How act() picks the gate."""
-
-    SAMPLE = "sample"  # Bernoulli(p)
-    OPEN = "open"  # always open (warm-up)
-    THRESHOLD = "threshold"  # p > 0.5 (evaluation)
 
 
 class Acting(NamedTuple):
@@ -172,27 +155,6 @@ class CommFormerPolicy(nn.Module):
         return None
 
     # ---- acting --------------------------------------------------------------------------------------------------
-    def pick_graph(self, batch: int, how: GraphChoice, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(hard [B,N,N] bool, noise [B,N,N] f32) per GraphChoice."""
-        if how is GraphChoice.FULL:
-            return self.graph.full(batch)
-        if how is GraphChoice.DETERMINISTIC:
-            n = self.graph.n_agents
-            hard = self.graph.deterministic().expand(batch, n, n).clone()
-            return hard, torch.zeros(batch, n, n, device=hard.device)
-        return self.graph.sample(batch, generator)
-
-    @staticmethod
-    def pick_gate(p: Tensor | None, how: GateChoice, generator: torch.Generator | None) -> Tensor | None:
-        """[B,N] bool decisions from p [B,N] per GateChoice; None without a gate."""
-        if p is None:
-            return None
-        if how is GateChoice.OPEN:
-            return torch.ones_like(p, dtype=torch.bool)
-        if how is GateChoice.THRESHOLD:
-            return p > 0.5
-        return sample_gate(p, generator)
-
     def plan_rollout(self, steps: int, batch: int, how: Acting, generator: torch.Generator | None) -> None:
         return None  # the reference draws as it goes
 
@@ -203,10 +165,10 @@ class CommFormerPolicy(nn.Module):
             deterministic: bool = False, plan: Any = None, t: int = 0, carry: Any = None) -> ActOut:
         """obs [B,N,O], avail [B,N,A] bool, alive [B,N] bool -> ActOut (stored: graph, noise, gate)."""
         with torch.no_grad():
-            hard, noise = self.pick_graph(obs.shape[0], how.graph, generator)
+            hard, noise = self.graph.pick(obs.shape[0], how.graph, generator)
             h = self.model.embed(obs)
             p = self.model.gate_prob(h)
-            gate = self.pick_gate(p, how.gate, generator)
+            gate = pick_gate(p, how.gate, generator)
             g = None if gate is None else gate.float()
             mask = receive_mask(hard.float(), alive)
             enc, value = self.model.encode(h, mask, g)
@@ -227,7 +189,7 @@ class CommFormerPolicy(nn.Module):
         return self.model.gate is not None and how.gate is GateChoice.SAMPLE
 
     def bootstrap_stored(self, batch: int, how: Acting, generator: torch.Generator | None) -> dict[str, Tensor]:
-        hard, noise = self.pick_graph(batch, how.graph, generator)
+        hard, noise = self.graph.pick(batch, how.graph, generator)
         return {"graph": hard, "noise": noise}
 
     def value(self, obs: Tensor, alive: Tensor, stored: dict[str, Tensor], carry: Any, how: Acting,
@@ -235,7 +197,7 @@ class CommFormerPolicy(nn.Module):
         """V [B,N] (normalised units) of obs [B,N,O] under the stored acting graph (the gate is picked afresh)."""
         with torch.no_grad():
             h = self.model.embed(obs)
-            gate = self.pick_gate(self.model.gate_prob(h), how.gate, generator)
+            gate = pick_gate(self.model.gate_prob(h), how.gate, generator)
             g = None if gate is None else gate.float()
             return self.model.encode(h, receive_mask(stored["graph"].float(), alive), g)[1]
 
