@@ -147,3 +147,16 @@ def test_wilson_interval_rejects_bad_counts():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="successes=11"):
         wilson_interval(11, 10)
+
+
+def test_iqm_ratio_interval_resamples_both_groups():
+    """IQM(X) / IQM(Y) with both groups resampled: identical groups give an interval around 1 that is wider than a
+    single point (the comparator's spread counts); a comparator that is always 0 gives +inf."""
+    from commformer.analysis.stats import iqm_ratio_ci
+
+    x = [0.90, 0.95, 1.0, 0.85, 0.97]
+    low, high = iqm_ratio_ci(x, x, n_boot=2000, seed=0)
+    assert low < 1.0 < high and high - low > 0.02
+    assert iqm_ratio_ci([0.5, 0.6], [0.0, 0.0], n_boot=200, seed=0) == (float("inf"), float("inf"))
+    with pytest.raises(ValueError, match="n_boot=0"):
+        iqm_ratio_ci(x, x, n_boot=0)

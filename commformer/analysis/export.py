@@ -52,13 +52,18 @@ def comparisons_markdown(comps: Sequence[Mapping[str, Any]], n_boot: int) -> str
     """The probability-of-improvement table and its protocol line ('' when there is nothing to compare)."""
     if not comps:
         return ""
-    body = [[c["env"], c["x"], c["y"], c["metric"], fmt(c["p"]), fmt_ci(c["ci"]), f"{c['seeds_x']} / {c['seeds_y']}",
+    body = [[c["env"], c["x"], c["y"], c["metric"], fmt(c["p"]), fmt_ci(c["ci"]),
+             fmt(c["ratio"]) if "ratio" in c else "-", fmt_ci(c["ratio_ci"]) if "ratio_ci" in c else "-",
+             f"{c['seeds_x']} / {c['seeds_y']}",
              f"{_messages_cell(c['messages_x'], None) or '-'} / {_messages_cell(c['messages_y'], None) or '-'}"]
             for c in comps]
-    table = md_table(["env", "X", "Y", "metric", "P(X > Y)", "95% CI", "seeds X / Y", "msgs/step X / Y"], body)
+    table = md_table(["env", "X", "Y", "metric", "P(X > Y)", "95% CI", "IQM X / IQM Y", "95% CI", "seeds X / Y",
+                      "msgs/step X / Y"], body)
     return (f"### Probability of improvement\n\n{table}\n\nP(X > Y): the fraction of (X run, Y run) pairs whose "
-            f"final value is higher for X, a tie counting 1/2; {CONFIDENCE:.0%} percentile bootstrap interval, the "
-            f"runs of X and of Y resampled separately ({n_boot} resamples, seed {BOOT_SEED}).\n")
+            f"final value is higher for X, a tie counting 1/2; IQM X / IQM Y: the ratio of the groups' IQMs. Both "
+            f"with {CONFIDENCE:.0%} percentile bootstrap intervals, the runs of X and of Y resampled separately "
+            f"({n_boot} resamples, seed {BOOT_SEED}). With complete separation P's interval collapses to [1, 1] "
+            f"whatever the number of runs: read it with the seed counts.\n")
 
 
 def per_run_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

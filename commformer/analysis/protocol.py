@@ -261,6 +261,9 @@ def compare(x: Mapping[str, Any], y: Mapping[str, Any], n_boot: int = N_BOOT) ->
         "env": x["env"], "x": x["label"], "y": y["label"], "metric": x["metric"],
         "p": stats.probability_of_improvement(x["values"], y["values"]),
         "ci": list(stats.probability_of_improvement_ci(x["values"], y["values"], n_boot, CONFIDENCE, BOOT_SEED)),
+        "ratio": (float(stats.iqm(x["values"]) / stats.iqm(y["values"])) if stats.iqm(y["values"]) > 0
+                  else float("nan")),
+        "ratio_ci": list(stats.iqm_ratio_ci(x["values"], y["values"], n_boot, CONFIDENCE, BOOT_SEED)),
         "seeds_x": x["seeds"], "seeds_y": y["seeds"], "messages_x": x.get("messages"),
         "messages_y": y.get("messages"),
     }

@@ -132,6 +132,27 @@ def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_boot: int = 2000
     return float(low), float(high)
 
 
+def iqm_ratio_ci(x: ArrayLike, y: ArrayLike, n_boot: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of IQM(X) / IQM(Y), the runs of X and of Y resampled separately (each keeping
+    its size), so the comparator's own spread counts; a replicate with IQM(Y) = 0 counts as +inf (or nan when
+    IQM(X) is 0 too, and is dropped). Generator np.random.default_rng(seed)."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot}; must be >= 1")
+    a, b = _strata(x)[0], _strata(y)[0]
+    rng = np.random.default_rng(seed)
+    num = np.atleast_1d(iqm(a[rng.integers(0, a.size, size=(n_boot, a.size))]))
+    den = np.atleast_1d(iqm(b[rng.integers(0, b.size, size=(n_boot, b.size))]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan))
+    ratio = ratio[~np.isnan(ratio)]
+    if ratio.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratio, [tail, 1.0 - tail], method="nearest")  # an infinite replicate stays inf
+    return float(low), float(high)
+
+
 def performance_profile(x: ArrayLike, taus: ArrayLike) -> np.ndarray:
     """The fraction of runs whose score exceeds each threshold: x [n], taus [K] -> [K] with out[k] = mean(x > tau_k)
     (the run-score distribution of Agarwal et al. 2021)."""
