@@ -32,6 +32,8 @@ STUDIES = {
                             "500000"),
     "gate_cost_pcp": ({"algo.comm_cost": ["0", "0.01", "0.05", "0.1"], "seed": list("123")}, "pcp", "300000"),
     "tiny": ({"algo": ["nocomm", "full"], "seed": ["1", "2"]}, "pcp", "2000"),
+    "scout": ({"algo": ["commformer_score", "commformer", "full", "random"], "seed": list("12345")}, "pcp_scout",
+              "600000"),
 }
 
 
@@ -165,6 +167,6 @@ def test_tiny_study_runs_from_its_config_and_reports(tmp_path, capsys):
     x, y = sorted(finals, key=lambda a: (-iqm(finals[a]), a))  # X: the higher IQM
     p = probability_of_improvement(finals[x], finals[y])
     lo, hi = probability_of_improvement_ci(finals[x], finals[y], 2000, 0.95, 0)
-    assert f"| pcp | {x} | {y} | eval/return | {g(p)} | [{g(lo)}, {g(hi)}] | 2 / 2 |" in text
+    assert f"| pcp | {x} | {y} | eval/return | {g(p)} | [{g(lo)}, {g(hi)}] | - | - | 2 / 2 |" in text
     assert f"pcp & {x} & {y} & eval/return & {g(p)} & [{g(lo)}, {g(hi)}] & 2 / 2 \\\\" in latex
     assert latex.count("\\begin{tabular}") == 2 and latex.count("\\bottomrule") == 2

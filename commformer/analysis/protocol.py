@@ -256,17 +256,20 @@ def group_curves(runs: Sequence[Run], metrics: Sequence[str], points: int = GRID
 # ---- probability of improvement -------------------------------------------------------------------------------------
 
 def compare(x: Mapping[str, Any], y: Mapping[str, Any], n_boot: int = N_BOOT) -> dict[str, Any]:
-    """P(X > Y) between two report rows of one env (their runs' final values) with its 95% bootstrap interval."""
-    return {
+    """P(X > Y) between two report rows of one env (their runs' final values) with its 95% bootstrap interval, and
+    for a metric that is never negative (success, won) the ratio of their IQMs with its interval."""
+    out = {
         "env": x["env"], "x": x["label"], "y": y["label"], "metric": x["metric"],
         "p": stats.probability_of_improvement(x["values"], y["values"]),
         "ci": list(stats.probability_of_improvement_ci(x["values"], y["values"], n_boot, CONFIDENCE, BOOT_SEED)),
-        "ratio": (float(stats.iqm(x["values"]) / stats.iqm(y["values"])) if stats.iqm(y["values"]) > 0
-                  else float("nan")),
-        "ratio_ci": list(stats.iqm_ratio_ci(x["values"], y["values"], n_boot, CONFIDENCE, BOOT_SEED)),
         "seeds_x": x["seeds"], "seeds_y": y["seeds"], "messages_x": x.get("messages"),
         "messages_y": y.get("messages"),
     }
+    if min(min(x["values"]), min(y["values"])) >= 0:
+        den = stats.iqm(y["values"])
+        out["ratio"] = float(stats.iqm(x["values"]) / den) if den > 0 else float("inf")
+        out["ratio_ci"] = list(stats.iqm_ratio_ci(x["values"], y["values"], n_boot, CONFIDENCE, BOOT_SEED))
+    return out
 
 
 def _find(rows: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
