@@ -184,3 +184,19 @@ def test_evaluate_video_of_an_env_that_cannot_draw_exits_2_with_one_line(tmp_pat
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "cannot draw frames" in lines[0] and "predator_prey" in lines[0], lines
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_alpha_grads_are_recorded_at_evaluations_and_plotted(tmp_path):
+    """logger.alpha_grads=true: each evaluation's record holds one [N,N] gradient per loss term (the rollout before
+    it; zeros on the diagonal, where there is no edge), and plot_graph.py draws them (alpha_grads.png)."""
+    pytest.importorskip("matplotlib")
+    run_dir = tmp_path / "run"
+    cfg = make_config(run_dir, iterations=4, eval_every=2, num_envs=8, rollout_length=4, ppo_epochs=10,
+                      logger={"alpha_grads": True})
+    Trainer(cfg, run_dir).train()
+    recs = read_history(run_dir)
+    assert len(recs) == 2 and all(set(r["alpha_grad"]) >= {"policy", "value", "entropy"} for r in recs)
+    g = recs[-1]["alpha_grad"]["policy"]
+    assert len(g) == 4 and all(g[i][i] == 0 for i in range(4)) and any(g[i][j] != 0 for i in range(4) for j in range(4))
+    paths = plot_graph_main([str(run_dir), "--out", str(tmp_path / "pics")])
+    assert [p.name for p in paths] == ["alpha_heatmaps.png", "graph.png", "alpha_grads.png"]

@@ -172,29 +172,27 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 ALPHA_GRADS_FILE = "alpha_grads.png"
 
 
-def plot_alpha_grads(records: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
-    """One panel per loss term of the records' alpha_grad (logger.alpha_grads): for every edge (receiver i, sender j),
-    minus the term's gradient over training, i.e. the direction an upper-level step moves alpha[i, j] (up: toward
-    hearing j), coloured by the sender, one line style per receiver."""
+def plot_alpha_grads(records: Sequence[Mapping[str, Any]], out: str | Path, sender: int = 0) -> Path:
+    """One panel per loss term of the records' alpha_grad (logger.alpha_grads): over training, the accumulated step
+    direction (minus the gradient, summed over the evaluations so far) of the edges toward `sender`, averaged over the
+    other receivers, against the mean of every other edge of those receivers (up: the term pushes toward hearing)."""
     plt = _pyplot()
     recs = [r for r in records if r.get("alpha_grad")]
     terms = list(recs[0]["alpha_grad"])
     n = len(recs[0]["alpha_grad"][terms[0]])
+    receivers = [i for i in range(n) if i != sender]
     x = [r["env_steps"] for r in recs]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.4), squeeze=False)
-    colours = plt.get_cmap("tab10")
-    styles = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.0 * len(terms), 3.2), squeeze=False)
     for ax, term in zip(axes[0], terms):
-        for i in range(n):
-            for j in range(n):
-                if i != j:
-                    y = [-float(r["alpha_grad"][term][i][j]) for r in recs]
-                    ax.plot(x, y, color=colours(j % 10), linestyle=styles[i % len(styles)], linewidth=1.0,
-                            label=f"sender {j}" if i == (1 if j == 0 else 0) else None)
+        toward = np.cumsum([-np.mean([r["alpha_grad"][term][i][sender] for i in receivers]) for r in recs])
+        others = np.cumsum([-np.mean([r["alpha_grad"][term][i][j] for i in receivers for j in range(n)
+                                      if j not in (i, sender)]) for r in recs])
+        ax.plot(x, toward, color="tab:red", label=f"toward sender {sender}")
+        ax.plot(x, others, color="tab:gray", linestyle="--", label="toward the others")
         ax.axhline(0.0, color="black", linewidth=0.5)
-        ax.set_title(f"-d {term} / d alpha")
+        ax.set_title(f"{term}: -d/d alpha, summed")
         ax.set_xlabel("env steps")
-    axes[0][0].set_ylabel("step direction (up: toward the sender)")
+    axes[0][0].set_ylabel("accumulated step direction")
     axes[0][-1].legend(fontsize=7, loc="best")
     return _save(fig, plt, out)
 
