@@ -96,6 +96,7 @@ def test_legal_but_surprising_combinations_warn():
 PRESETS = {
     "commformer": {"graph": "learned", "gate": False, "sparsity": 0.4},
     "commformer_gated": {"graph": "learned", "gate": True},
+    "commformer_score": {"graph": "learned", "gate": False, "graph_grad": "score"},
     "full": {"graph": "full", "gate": False},
     "nocomm": {"graph": "none", "gate": False},
     "random": {"graph": "random", "gate": False},
@@ -164,7 +165,7 @@ def test_cli_unknown_env(tmp_path):
 def test_cli_help(tmp_path):
     out = run_train(tmp_path, "--help")
     assert out.returncode == 0
-    assert "algo: commformer, commformer_gated, full, nocomm, random" in out.stdout
+    assert "algo: commformer, commformer_gated, commformer_score, full, nocomm, random" in out.stdout
 
 
 def test_per_env_settings_apply_and_the_command_line_wins():

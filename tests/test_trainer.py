@@ -185,9 +185,9 @@ def test_training_options_schedule_lr_entropy_and_scale_rewards(tmp_path, monkey
     seen = []
     real = trainer_module.ppo_update
 
-    def spy(agent, ro, opt, vnorm, algo, epochs, ph):
+    def spy(agent, ro, opt, vnorm, algo, epochs, ph, *rest):
         seen.append((opt.network.param_groups[0]["lr"], algo.entropy_coef, float(ro.rewards.min())))
-        return real(agent, ro, opt, vnorm, algo, epochs, ph)
+        return real(agent, ro, opt, vnorm, algo, epochs, ph, *rest)
 
     monkeypatch.setattr(trainer_module, "ppo_update", spy)
     rows = [tr.iterate() for _ in range(4)]
