@@ -76,7 +76,7 @@ class CommFormerConfig(AlgoConfig):
     graph_grad: str = "straight_through"
     """how alpha learns: straight_through (the stored sample in value, softmax((alpha + G) / tau) in gradient, through
     the attention weights; released) | score (ours: the sampled graph as an action, its log-probability in a clipped
-    surrogate with the receiver's advantage; docs/method.md, "Bi-level schedule")"""
+    surrogate with the receiver's normalised return; docs/method.md, "How alpha learns")"""
     acting_graph: str = "sample"
     """what a learned graph acts on in rollouts: sample (Gumbel top-k per env and step, stored) | topk (top-k(alpha)
     without noise, as the released rollouts; the update relaxes the stored top-k)"""
