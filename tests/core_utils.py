@@ -6,6 +6,7 @@ Shapes: B batch, N agents, O obs width, A actions.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,19 @@ def check_step(step: Step, num_envs: int, spec: EnvSpec) -> None:
         assert key in step.episode, f"Step.episode lacks {key!r} (has {sorted(step.episode)})"
         assert tuple(step.episode[key].shape) == (B,), f"Step.episode[{key!r}]: expected ({B},)"
     assert bool(step.avail_actions.any(-1).all()), "every agent needs at least one available action"
+
+
+def run_cli(argv: list[str], cwd: Path, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of commformer.cli.train(argv) run in-process from cwd."""
+    import pytest
+
+    from commformer.cli import train as train_cli
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with pytest.raises(SystemExit) as info:
+            train_cli(argv)
+    finally:
+        os.chdir(old)
+    return int(info.value.code), capsys.readouterr().err

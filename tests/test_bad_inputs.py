@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from core_utils import ROOT, TINY_PP, make_config
+from core_utils import ROOT, TINY_PP, make_config, run_cli
 
-from commformer.cli import train as train_cli
 from commformer.config import MAX_ENVS, RESUME_RESEED_STRIDE, SEED_MAX, SEED_ROOM, ConfigError
 
 TRAIN = ROOT / "scripts" / "train.py"
@@ -64,20 +63,9 @@ TRAIN_CASES = [
      ["algo.warmup_iters=4", "the run's 4 iterations", "the gate never steps"]),
     (["env.vision=100"], {}, ["env.vision=100", "must be <= env.dim - 1 = 4", "env.dim=5"]),
     (["env="], {}, ["env=: no option given; allowed:", "pp", "pcp", "signal", "smax_3m"]),
-    (["algo="], {}, ["algo=: no option given; allowed: commformer, commformer_gated, commformer_score, full, nocomm, random"]),
+    (["algo="], {}, ["algo=: no option given; allowed: commformer, commformer_gated, commformer_score, full, "
+                     "nocomm, random"]),
 ]
-
-
-def run_cli(argv: list[str], cwd: Path, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of commformer.cli.train(argv) run in-process from cwd."""
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with pytest.raises(SystemExit) as info:
-            train_cli(argv)
-    finally:
-        os.chdir(old)
-    return int(info.value.code), capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides,environ,words", TRAIN_CASES, ids=[" ".join(o) or str(e) for o, e, _ in TRAIN_CASES])

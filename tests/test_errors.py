@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from core_utils import ROOT, TINY_PP, make_config
+from core_utils import ROOT, TINY_PP, make_config, run_cli
 
-from commformer.cli import train as train_cli
 from commformer.training.checkpoint import FORMAT, load_checkpoint, non_finite
 from commformer.training.trainer import Trainer
 
@@ -46,18 +45,6 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     pickled = d / "pickled.pt"
     torch.save({"format": FORMAT, "obj": Pickled()}, pickled)
     return {"text": text, "pickled": pickled}
-
-
-def run_cli(argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of commformer.cli.train(argv) run in-process from tmp_path."""
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(SystemExit) as info:
-            train_cli(argv)
-    finally:
-        os.chdir(old)
-    return int(info.value.code), capsys.readouterr().err
 
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
