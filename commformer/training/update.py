@@ -120,12 +120,11 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     fill with upper_gradients of the rollout before the first epoch, where the policy has an upper level in this
     phase (None: not computed)."""
     denorm = vnorm.denormalize if vnorm is not None else (lambda x: x)
-    advantages, targets = gae(ro.rewards, denorm(ro.values), ro.next_values(denorm), ro.terminated, ro.truncated,
-                              algo.gamma, algo.gae_lambda)
+    values, next_values = denorm(ro.values), ro.next_values(denorm)
+    advantages, targets = gae(ro.rewards, values, next_values, ro.terminated, ro.truncated, algo.gamma, algo.gae_lambda)
     # discounted returns (GAE with lambda = 1: the rewards to the episode's end, bootstrapped only at a truncation or
     # the rollout's end), for policies that need a signal in which the critic's state-and-graph value plays no part
-    returns = gae(ro.rewards, denorm(ro.values), ro.next_values(denorm), ro.terminated, ro.truncated, algo.gamma,
-                  1.0)[1]
+    returns = gae(ro.rewards, values, next_values, ro.terminated, ro.truncated, algo.gamma, 1.0)[1]
     split = policy.upper_columns(ro.obs.shape[1], phase)
     upper_cols, lower_cols = split if split is not None else (None, None)
     with torch.no_grad():  # old log-probs from the update's own (teacher-forced) pass: the first ratio is exactly 1
@@ -133,24 +132,23 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
         # acting (incremental decode) vs the update's pass over the stored decisions: a rounding unit when they
         # agree; a mismatch (e.g. acting on a different graph than the one stored) shows up here
         gap = float(torch.where(ro.active, (ro.log_prob - old_log_prob).abs(), 0.0).max()) if ro.active.any() else 0.0
-    if diagnostics is not None and any(policy.steps_upper(phase, e) for e in range(epochs)):
-        batch = rows(ro, upper_cols)
-        batch.update({"active": flat(ro.active, upper_cols), "targets": flat(targets, upper_cols),
-                      "returns": flat(returns, upper_cols),
-                      "old_values": flat(ro.values, upper_cols), "old_log_prob": flat(old_log_prob, upper_cols)})
-        batch["advantages"] = normalize_advantages(flat(advantages, upper_cols), batch["active"])
-        with frozen(opt.lower_params):
-            diagnostics.update(upper_gradients(policy, batch, opt.upper_params, vnorm, algo, phase))
-    stats: dict[str, list[float]] = defaultdict(list)
-    first_ratio = None
-    for epoch in range(epochs):
-        upper = policy.steps_upper(phase, epoch)
-        cols = upper_cols if upper else lower_cols
+
+    def epoch_batch(cols: Tensor | None) -> dict[str, Tensor]:
+        """The rows of env columns `cols` with everything the loss needs, advantages normalised over them."""
         batch = rows(ro, cols)
         batch.update({"active": flat(ro.active, cols), "targets": flat(targets, cols), "returns": flat(returns, cols),
                       "old_values": flat(ro.values, cols), "old_log_prob": flat(old_log_prob, cols)})
         batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
-        for mb in minibatches(batch, algo.minibatches):
+        return batch
+
+    if diagnostics is not None and any(policy.steps_upper(phase, e) for e in range(epochs)):
+        with frozen(opt.lower_params):
+            diagnostics.update(upper_gradients(policy, epoch_batch(upper_cols), opt.upper_params, vnorm, algo, phase))
+    stats: dict[str, list[float]] = defaultdict(list)
+    first_ratio = None
+    for epoch in range(epochs):
+        upper = policy.steps_upper(phase, epoch)
+        for mb in minibatches(epoch_batch(upper_cols if upper else lower_cols), algo.minibatches):
             with frozen(opt.lower_params if upper else ()):
                 loss, mstats, ratio_max = minibatch_loss(policy, mb, vnorm, algo, phase, upper,
                                                          update_vnorm=not (upper and upper_cols is not None))
@@ -164,5 +162,5 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     out["loss/first_epoch_ratio_max"] = first_ratio if first_ratio is not None else float("nan")
     out["loss/acting_log_prob_gap"] = gap
     with torch.no_grad():
-        out["loss/explained_variance"] = explained_variance(denorm(ro.values), targets, ro.active)
+        out["loss/explained_variance"] = explained_variance(denorm(ro.values), targets, ro.active)  # as the update left the normaliser
     return out
