@@ -162,5 +162,6 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     out["loss/first_epoch_ratio_max"] = first_ratio if first_ratio is not None else float("nan")
     out["loss/acting_log_prob_gap"] = gap
     with torch.no_grad():
-        out["loss/explained_variance"] = explained_variance(denorm(ro.values), targets, ro.active)  # as the update left the normaliser
+        # denormalised with the statistics as the update left them
+        out["loss/explained_variance"] = explained_variance(denorm(ro.values), targets, ro.active)
     return out
