@@ -16,7 +16,11 @@ the `Policy` protocol below. A policy is an nn.Module (its state_dict is its che
 - values: `value(obs, alive, stored, carry, how, ...)`, including the value of a truncated env's final observation
   under the stored decisions and the carry it had before the reset; `bootstrap_stored` gives the stored fields for
   an observation nobody acted on yet (the last one of a rollout).
-- the update: `score(batch, phase, upper, relax)` over stored rows, with gradients; `param_groups()`.
+- the update: `score(batch, phase, upper, relax)` over stored rows, with gradients; `param_groups()`. A policy
+  with `sequences` gets whole env columns instead ([T,B',...]: minibatches split the B env columns, never steps),
+  so a recurrent policy can replay each column from its stored state at the rollout's first step.
+- inputs: `uses_state` policies also get the env's global state (`state` [B,S], keyword) in act() and value(), and
+  the update's batch holds it as "state".
 - reporting: `messages(stored, alive)` (per env and step, the (receiver, sender) pairs where the receiver heard the
   sender: the project's one definition of a message), `rollout_metrics`, `iteration_metrics`, `summary_lines`, and
   `comm_graph` (an object with mode, k, learned, alpha and margins(), or None) for the graph history.
@@ -63,6 +67,8 @@ class Scored:
 @runtime_checkable
 class Policy(Protocol):
     upper_level: bool
+    uses_state: bool  # act() and value() take the env's global state as the keyword `state` [B,S]
+    sequences: bool  # score() gets whole rollout columns [T,B',...] (recurrent policies), not rows [R,...]
 
     def phase(self, iteration: int, total_iterations: int) -> str: ...
 
@@ -126,6 +132,9 @@ class PolicyEntry:
 # it, so this module imports none of them).
 BUILTIN_POLICIES: dict[str, str] = {
     "commformer": "commformer.policies:COMMFORMER",
+    "mappo": "commformer.baselines.mappo:MAPPO",
+    "ippo": "commformer.baselines.mappo:IPPO",
+    "commnet": "commformer.baselines.commnet:COMMNET",
 }
 
 
@@ -146,11 +155,19 @@ def policy_entry(name: str) -> PolicyEntry:
     return entry
 
 
+def state_kwarg(policy: Any, state: Tensor) -> dict[str, Tensor]:
+    """{"state": state} for a policy that reads the env's global state (`uses_state`: its act() and value() take
+    the keyword `state`, [B,S]), else {} (a policy that does not read it needs no such argument)."""
+    return {"state": state} if getattr(policy, "uses_state", False) else {}
+
+
 class PolicyBase(torch.nn.Module):
     """Defaults for a one-level, memoryless policy that stores nothing beyond its actions: subclass it and write
     act(), value() and score() (docs/extending.md). Every default is one of the protocol's methods."""
 
     upper_level = False
+    uses_state = False
+    sequences = False
     comm_graph = None
 
     def phase(self, iteration: int, total_iterations: int) -> str:

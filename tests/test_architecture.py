@@ -194,6 +194,9 @@ FORBIDDEN = {
     "commformer.method": ("commformer.training", "commformer.analysis", "commformer.config", "commformer.compose",
                           "commformer.cli"),
     "commformer.training": ("commformer.analysis",),
+    # a baseline is a policy: it sees the seam and the config, never the loop that runs it
+    "commformer.baselines": ("commformer.training", "commformer.analysis", "commformer.compose", "commformer.cli",
+                             "commformer.method", "commformer.fast"),
 }
 
 

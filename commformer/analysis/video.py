@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from commformer.errors import MissingExtraError, UsageError, UserError
+from commformer.protocol import state_kwarg
 
 log = logging.getLogger("commformer")
 
@@ -83,7 +84,8 @@ def record_episodes(run: Any, device: torch.device, graph: str = "auto", gate: s
         t = 0
         limit = episodes * (env.spec.episode_limit + 1)
         for _ in range(limit):
-            out = policy.act(step.obs, step.avail_actions, step.alive, how, None, deterministic=True, carry=carry)
+            out = policy.act(step.obs, step.avail_actions, step.alive, how, None, deterministic=True, carry=carry,
+                             **state_kwarg(policy, step.state))
             gate_row = None if out.gate is None else out.gate[0]
             frame = env.render_frame(0, None if out.graph is None else out.graph[0], gate_row)
             msgs = float(policy.messages(out.stored, step.alive)[0])

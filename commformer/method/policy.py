@@ -72,6 +72,9 @@ class CommFormerPolicy(nn.Module):
     default: through D the loss measures the effect of a sender's sampled action, which on the signal game pushed
     alpha away from the one informative sender; the encoder's w * M path carries the gradient either way."""
 
+    uses_state = False  # acts on the observations alone
+    sequences = False  # memoryless: the update scores single rows
+
     def __init__(self, model: CommFormer, graph: CommGraph, schedule: Schedule = Schedule()) -> None:
         super().__init__()
         self.model, self.graph, self.schedule = model, graph, schedule

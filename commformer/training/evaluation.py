@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from commformer.protocol import Policy
+from commformer.protocol import Policy, state_kwarg
 from envs.core import VecEnv
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -64,7 +64,7 @@ def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.
     carry = policy.initial_carry(B)
     for _ in range(m * (env.spec.episode_limit + 1)):
         out = policy.act(step.obs, step.avail_actions, step.alive, how, generator, deterministic=not sample_actions,
-                         carry=carry)
+                         carry=carry, **state_kwarg(policy, step.state))
         live = count < m
         messages += float(policy.messages(out.stored, step.alive)[live].sum())
         msg_steps += int(live.sum())

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from commformer.protocol import Policy
+from commformer.protocol import Policy, state_kwarg
 from envs.core import Step, VecEnv
 
 
@@ -19,6 +19,7 @@ class Rollout:
     """One rollout. Values are in the value normaliser's units, except final_values / last_values (raw)."""
 
     obs: Tensor  # [T,B,N,O] f32
+    state: Tensor  # [T,B,S] f32 (the env's global state)
     avail: Tensor  # [T,B,N,A] bool
     alive: Tensor  # [T,B,N] bool
     active: Tensor  # [T,B,N] bool
@@ -33,11 +34,11 @@ class Rollout:
     last_values: Tensor  # [B,N] f32 raw V(obs_T)
 
     @staticmethod
-    def allocate(T: int, B: int, N: int, O: int, A: int, storage: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    def allocate(T: int, B: int, N: int, O: int, S: int, A: int, storage: dict[str, tuple[tuple[int, ...], torch.dtype]],
                  device: torch.device) -> "Rollout":
         f32, b = dict(device=device), dict(device=device, dtype=torch.bool)
         return Rollout(
-            obs=torch.zeros(T, B, N, O, **f32), avail=torch.zeros(T, B, N, A, **b),
+            obs=torch.zeros(T, B, N, O, **f32), state=torch.zeros(T, B, S, **f32), avail=torch.zeros(T, B, N, A, **b),
             alive=torch.zeros(T, B, N, **b), active=torch.zeros(T, B, N, **b),
             actions=torch.zeros(T, B, N, dtype=torch.long, device=device), log_prob=torch.zeros(T, B, N, **f32),
             values=torch.zeros(T, B, N, **f32), rewards=torch.zeros(T, B, N, **f32),
@@ -61,7 +62,7 @@ class Collector:
                  generator: torch.Generator) -> None:
         self.env, self.T, self.device, self.generator = env, T, device, generator
         s = env.spec
-        self.buf = Rollout.allocate(T, env.num_envs, s.n_agents, s.obs_dim, s.n_actions,
+        self.buf = Rollout.allocate(T, env.num_envs, s.n_agents, s.obs_dim, s.state_dim, s.n_actions,
                                     policy.storage(env.num_envs), device)
         self.current: Optional[Step] = None
         self.carry: Any = None  # the policy's per-env state at the current step
@@ -86,11 +87,14 @@ class Collector:
         # V(final_obs) of truncated envs: computed in one pass after the loop unless computing it draws from the
         # generator, which must then happen in step order
         deferred = not policy.value_draws(how)
-        finals: list[tuple[int, Tensor, Tensor, Tensor, dict[str, Tensor], Any]] = []  # (t, envs, obs, alive, ...)
+        # (t, envs, obs, alive, stored, carry, state)
+        finals: list[tuple[int, Tensor, Tensor, Tensor, dict[str, Tensor], Any, Tensor]] = []
         same_device = self.env.device == self.device
         for t in range(self.T):
-            out = policy.act(cur.obs, cur.avail_actions, cur.alive, how, g, plan=plan, t=t, carry=carry)
+            out = policy.act(cur.obs, cur.avail_actions, cur.alive, how, g, plan=plan, t=t, carry=carry,
+                             **state_kwarg(policy, cur.state))
             buf.obs[t] = cur.obs
+            buf.state[t] = cur.state
             buf.avail[t] = cur.avail_actions
             buf.alive[t] = cur.alive
             buf.active[t] = cur.active
@@ -109,9 +113,11 @@ class Collector:
                 if deferred:
                     idx = nxt.truncated.nonzero()[:, 0]
                     finals.append((t, idx, nxt.final_obs[idx], nxt.final_alive[idx],
-                                   {k: v[idx] for k, v in out.stored.items()}, select(out.carry, idx)))
+                                   {k: v[idx] for k, v in out.stored.items()}, select(out.carry, idx),
+                                   nxt.final_state[idx]))
                 else:
-                    v = policy.value(nxt.final_obs, nxt.final_alive, out.stored, out.carry, how, g, plan)
+                    v = policy.value(nxt.final_obs, nxt.final_alive, out.stored, out.carry, how, g, plan,
+                                     **state_kwarg(policy, nxt.final_state))
                     buf.final_values[t] = torch.where(nxt.truncated[:, None], denormalize(v), 0.0)
             done = nxt.done
             if bool(done.any()):
@@ -121,7 +127,8 @@ class Collector:
         self.current, self.carry = cur, carry
         last = policy.bootstrap_stored(cur.obs.shape[0], how, g)
         if not finals:
-            buf.last_values = denormalize(policy.value(cur.obs, cur.alive, last, carry, how, g, plan))
+            buf.last_values = denormalize(policy.value(cur.obs, cur.alive, last, carry, how, g, plan,
+                                                       **state_kwarg(policy, cur.state)))
             return buf
         # one pass over every truncated env's final observation and the last observation
         ts = torch.cat([torch.full_like(f[1], f[0]) for f in finals])
@@ -129,7 +136,8 @@ class Collector:
         stored = {k: torch.cat([f[4][k] for f in finals] + [last[k]]) for k in last}
         v = denormalize(policy.value(torch.cat([f[2] for f in finals] + [cur.obs]),
                                      torch.cat([f[3] for f in finals] + [cur.alive]), stored,
-                                     concat([f[5] for f in finals] + [carry]), how, g, plan))
+                                     concat([f[5] for f in finals] + [carry]), how, g, plan,
+                                     **state_kwarg(policy, torch.cat([f[6] for f in finals] + [cur.state]))))
         buf.final_values[ts, idx] = v[: idx.shape[0]]
         buf.last_values = v[idx.shape[0]:]
         return buf

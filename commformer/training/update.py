@@ -23,23 +23,27 @@ from commformer.training.ppo import ValueNorm, explained_variance, gae, normaliz
 from commformer.training.rollout import Rollout
 
 
-def flat(x: Tensor, cols: Tensor | None) -> Tensor:
-    """Select env columns (dim 1) and merge T and B: [T,B,...] -> [T*B',...]."""
+def flat(x: Tensor, cols: Tensor | None, sequences: bool = False) -> Tensor:
+    """Select env columns (dim 1) and merge T and B: [T,B,...] -> [T*B',...]; with `sequences` keep the columns
+    whole: [T,B,...] -> [T,B',...]."""
     if cols is not None:
         x = x[:, cols]
-    return x.reshape(-1, *x.shape[2:])
+    return x if sequences else x.reshape(-1, *x.shape[2:])
 
 
-def minibatches(batch: dict[str, Tensor], n: int) -> list[dict[str, Tensor]]:
+def minibatches(batch: dict[str, Tensor], n: int, sequences: bool = False) -> list[dict[str, Tensor]]:
     """The rows [R,...] of every tensor in `batch` split into exactly n random minibatches (the whole batch when
     n == 1): a random permutation cut by tensor_split, so the sizes differ by at most one (6 rows, n = 4: 2, 2, 1, 1;
-    `chunk` would give 3 parts there). When n divides R the parts are chunk's (the same rows as before)."""
+    `chunk` would give 3 parts there). When n divides R the parts are chunk's (the same rows as before).
+    sequences: the tensors are [T,B,...] and the B env columns are split instead (whole sequences)."""
     if n == 1:
         return [batch]
-    rows = batch["obs"].shape[0]
+    dim = 1 if sequences else 0
+    rows = batch["obs"].shape[dim]
     if n > rows:  # Config.__post_init__ checks each level's rows up front; this guards direct callers
-        raise ValueError(f"algo.minibatches={n}; must be <= the {rows} rows of a batch")
-    return [{k: v[idx] for k, v in batch.items()}
+        raise ValueError(f"algo.minibatches={n}; must be <= the {rows} {'columns' if sequences else 'rows'} of a "
+                         "batch")
+    return [{k: v.index_select(dim, idx) for k, v in batch.items()}
             for idx in torch.randperm(rows, device=batch["obs"].device).tensor_split(n)]
 
 
@@ -57,11 +61,11 @@ def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def rows(ro: Rollout, cols: Tensor | None) -> dict[str, Tensor]:
-    """What the policy scores, flattened to rows [R,...]: obs, avail, alive, actions and its stored fields."""
-    out = {"obs": flat(ro.obs, cols), "avail": flat(ro.avail, cols), "alive": flat(ro.alive, cols),
-           "actions": flat(ro.actions, cols)}
-    out.update({k: flat(v, cols) for k, v in ro.stored.items()})
+def rows(ro: Rollout, cols: Tensor | None, sequences: bool = False) -> dict[str, Tensor]:
+    """What the policy scores, flattened to rows [R,...] (with `sequences`: env columns [T,B',...]): obs, state,
+    avail, alive, actions and its stored fields."""
+    out = {k: flat(getattr(ro, k), cols, sequences) for k in ("obs", "state", "avail", "alive", "actions")}
+    out.update({k: flat(v, cols, sequences) for k, v in ro.stored.items()})
     return out
 
 
@@ -125,20 +129,23 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     # discounted returns (GAE with lambda = 1: the rewards to the episode's end, bootstrapped only at a truncation or
     # the rollout's end), for policies that need a signal in which the critic's state-and-graph value plays no part
     returns = gae(ro.rewards, values, next_values, ro.terminated, ro.truncated, algo.gamma, 1.0)[1]
+    seq = bool(getattr(policy, "sequences", False))
     split = policy.upper_columns(ro.obs.shape[1], phase)
     upper_cols, lower_cols = split if split is not None else (None, None)
     with torch.no_grad():  # old log-probs from the update's own (teacher-forced) pass: the first ratio is exactly 1
-        old_log_prob = policy.score(rows(ro, None), phase, upper=False, relax=False).log_prob.view_as(ro.log_prob)
+        old_log_prob = policy.score(rows(ro, None, seq), phase, upper=False,
+                                    relax=False).log_prob.view_as(ro.log_prob)
         # acting (incremental decode) vs the update's pass over the stored decisions: a rounding unit when they
         # agree; a mismatch (e.g. acting on a different graph than the one stored) shows up here
         gap = float(torch.where(ro.active, (ro.log_prob - old_log_prob).abs(), 0.0).max()) if ro.active.any() else 0.0
 
     def epoch_batch(cols: Tensor | None) -> dict[str, Tensor]:
         """The rows of env columns `cols` with everything the loss needs, advantages normalised over them."""
-        batch = rows(ro, cols)
-        batch.update({"active": flat(ro.active, cols), "targets": flat(targets, cols), "returns": flat(returns, cols),
-                      "old_values": flat(ro.values, cols), "old_log_prob": flat(old_log_prob, cols)})
-        batch["advantages"] = normalize_advantages(flat(advantages, cols), batch["active"])
+        batch = rows(ro, cols, seq)
+        batch.update({k: flat(v, cols, seq) for k, v in (("active", ro.active), ("targets", targets),
+                                                         ("returns", returns), ("old_values", ro.values),
+                                                         ("old_log_prob", old_log_prob))})
+        batch["advantages"] = normalize_advantages(flat(advantages, cols, seq), batch["active"])
         return batch
 
     if diagnostics is not None and any(policy.steps_upper(phase, e) for e in range(epochs)):
@@ -148,7 +155,7 @@ def ppo_update(policy: Policy, ro: Rollout, opt: Optimisers, vnorm: ValueNorm | 
     first_ratio = None
     for epoch in range(epochs):
         upper = policy.steps_upper(phase, epoch)
-        for mb in minibatches(epoch_batch(upper_cols if upper else lower_cols), algo.minibatches):
+        for mb in minibatches(epoch_batch(upper_cols if upper else lower_cols), algo.minibatches, seq):
             with frozen(opt.lower_params if upper else ()):
                 loss, mstats, ratio_max = minibatch_loss(policy, mb, vnorm, algo, phase, upper,
                                                          update_vnorm=not (upper and upper_cols is not None))

@@ -1,0 +1,97 @@
+"""MAPPO and IPPO with a recurrent (GRU) actor (docs/methods/mappo.md): no communication.
+
+- MAPPO: actor obs_i -> Linear, ReLU -> GRU -> Linear, ReLU -> Linear -> logits (parameters shared by all agents);
+  a centralised recurrent critic of the same form on the env's global state with agent i's one-hot id appended
+  (`algo.critic_input=state`, default) or on the joint observation with the id (`joint_obs`).
+- IPPO: one trunk obs_i -> Linear, ReLU -> GRU shared by an actor head and a critic head (each Linear, ReLU, Linear),
+  every agent on its own observation only (parameters shared by all agents).
+
+Shapes: B envs, N agents, O obs width, S global-state width, A actions, H hidden width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, agent_ids, gru, mlp
+from commformer.config import check
+from commformer.protocol import PolicyEntry
+
+CRITIC_INPUTS = ("state", "joint_obs")
+
+
+@dataclass
+class MAPPOConfig(RecurrentConfig):
+    """MAPPO's keys (docs/methods/mappo.md)."""
+
+    name: str = "mappo"
+    policy: str = "mappo"
+    critic_input: str = "state"
+    """what the centralised critic reads besides agent i's id: state (the env's global state) | joint_obs (every
+    agent's observation, concatenated)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.critic_input in CRITIC_INPUTS,
+              f"algo.critic_input={self.critic_input!r}; allowed: {', '.join(CRITIC_INPUTS)}")
+
+
+@dataclass
+class IPPOConfig(RecurrentConfig):
+    """IPPO's keys (docs/methods/mappo.md)."""
+
+    name: str = "ippo"
+    policy: str = "ippo"
+
+
+class MAPPOPolicy(RecurrentPolicy):
+    """Recurrent actor on own observations, recurrent centralised critic."""
+
+    state_names = ("actor", "critic")
+
+    def __init__(self, algo: MAPPOConfig, spec, seed: int) -> None:
+        super().__init__(spec.n_agents, algo.hidden)
+        torch.manual_seed(seed)
+        o, n, h, f = spec.obs_dim, spec.n_agents, algo.hidden, algo.fc
+        self.critic_input = algo.critic_input
+        self.uses_state = algo.critic_input == "state"
+        c = (spec.state_dim if self.uses_state else n * o) + n
+        self.actor_in, self.actor_gru, self.actor_out = nn.Linear(o, f), nn.GRUCell(f, h), mlp(h, f, spec.n_actions)
+        self.critic_in, self.critic_gru, self.critic_out = nn.Linear(c, f), nn.GRUCell(f, h), mlp(h, f, 1)
+
+    def critic_features(self, obs: Tensor, state: Optional[Tensor]) -> Tensor:
+        """The critic's input per agent [B,N,C]: the global state (or joint observation) and the agent's id."""
+        B, N = obs.shape[:2]
+        joint = state if self.uses_state else obs.reshape(B, -1)
+        if joint is None:
+            raise ValueError("MAPPO with algo.critic_input=state needs the env's global state (keyword state)")
+        return torch.cat([joint[:, None, :].expand(B, N, joint.shape[-1]), agent_ids(B, N, obs.device)], dim=-1)
+
+    def step(self, obs, alive, state, hidden):
+        ha = gru(self.actor_gru, torch.relu(self.actor_in(obs)), hidden["actor"])
+        hc = gru(self.critic_gru, torch.relu(self.critic_in(self.critic_features(obs, state))), hidden["critic"])
+        return self.actor_out(ha), self.critic_out(hc).squeeze(-1), {"actor": ha, "critic": hc}
+
+
+class IPPOPolicy(RecurrentPolicy):
+    """One recurrent trunk per agent (shared parameters) with an actor and a critic head, own observation only."""
+
+    state_names = ("actor",)
+
+    def __init__(self, algo: IPPOConfig, spec, seed: int) -> None:
+        super().__init__(spec.n_agents, algo.hidden)
+        torch.manual_seed(seed)
+        o, h, f = spec.obs_dim, algo.hidden, algo.fc
+        self.embed, self.core = nn.Linear(o, f), nn.GRUCell(f, h)
+        self.actor_out, self.critic_out = mlp(h, f, spec.n_actions), mlp(h, f, 1)
+
+    def step(self, obs, alive, state, hidden):
+        h = gru(self.core, torch.relu(self.embed(obs)), hidden["actor"])
+        return self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}
+
+
+MAPPO = PolicyEntry(MAPPOConfig, MAPPOPolicy)
+IPPO = PolicyEntry(IPPOConfig, IPPOPolicy)

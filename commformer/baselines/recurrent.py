@@ -1,0 +1,167 @@
+"""Recurrent policies on the policy seam (docs/methods/recurrent.md): a per-agent GRU state carried from step to
+step, stored with every rollout step, and replayed over whole rollout columns in the update.
+
+A subclass names its recurrent states (`state_names`, each [B,N,H]) and writes one pure step:
+`step(obs, alive, state, hidden) -> (logits [B,N,A], value [B,N], next hidden)`. This base does the rest:
+
+- carry: {name: [B,N,H] f32 for each state, "start": [B] bool}; `reset_carry` zeroes the states of the envs whose
+  episode starts and marks them; the states of dead agents are zeroed after each step (a dead agent's state then
+  carries nothing from its past into the messages or values of anyone).
+- stored per step: the states the step acted from (`h_<name>`) and the start flag; `score` (the update) takes the
+  stored states of each column's first step and unrolls the step function through the column's T steps, zeroing
+  where an episode starts: the log-probs it recomputes are those of the states that acted (loss/acting_log_prob_gap
+  ~1e-7), and the gradient runs through time over the whole rollout (backpropagation through T steps).
+- the value of a truncated env's final observation advances the carry from before the reset by one step.
+
+Shapes: B envs, N agents, O obs width, S global-state width, A actions, H hidden width, T rollout steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from commformer.config import AlgoConfig, check
+from commformer.protocol import ActOut, PolicyBase, Scored
+
+
+@dataclass
+class RecurrentConfig(AlgoConfig):
+    """The keys every recurrent baseline shares (docs/methods/recurrent.md)."""
+
+    hidden: int = 64
+    """width of the GRU state"""
+    fc: int = 64
+    """width of the dense layers before and after the GRU"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("hidden", "fc"):
+            check(getattr(self, key) >= 1, f"algo.{key}={getattr(self, key)}; must be >= 1")
+
+    def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
+        # minibatches split env columns (whole sequences), never steps
+        return {"network": (B, f"num_envs={B} env columns (a recurrent policy trains on whole sequences)")}
+
+
+def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:
+    """logits [...,A], avail [...,A] bool -> logits with unavailable actions at -1e9 (probability ~0)."""
+    return logits.masked_fill(~avail, -1e9)
+
+
+def sample(logits: Tensor, generator: Optional[torch.Generator], deterministic: bool) -> Tensor:
+    """Actions [...] from masked logits [...,A]: argmax, or a Gumbel-max draw from `generator`."""
+    if deterministic:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def gru(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
+    """One GRU step per agent: x [B,N,X], h [B,N,H] -> [B,N,H] (one cell shared by all agents)."""
+    B, N = x.shape[:2]
+    return cell(x.reshape(B * N, -1), h.reshape(B * N, -1)).view(B, N, -1)
+
+
+def mlp(inp: int, width: int, out: int) -> nn.Sequential:
+    """Linear(inp, width) -> ReLU -> Linear(width, out)."""
+    return nn.Sequential(nn.Linear(inp, width), nn.ReLU(), nn.Linear(width, out))
+
+
+def agent_ids(B: int, N: int, device: torch.device) -> Tensor:
+    """One-hot agent ids [B,N,N]."""
+    return torch.eye(N, device=device).expand(B, N, N)
+
+
+class RecurrentPolicy(PolicyBase):
+    """The base of every recurrent baseline: carry, storage, acting and the sequence replay of the update."""
+
+    sequences = True
+    state_names: tuple[str, ...] = ("actor",)
+
+    def __init__(self, n_agents: int, hidden: int) -> None:
+        super().__init__()
+        self.n_agents, self.hidden = n_agents, hidden
+
+    # ---- what a subclass writes ------------------------------------------------------------------------------------
+    def step(self, obs: Tensor, alive: Tensor, state: Optional[Tensor],
+             hidden: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """obs [B,N,O], alive [B,N] bool, state [B,S] or None, hidden {name: [B,N,H]} -> (logits [B,N,A] before
+        masking, value [B,N], next hidden {name: [B,N,H]})."""
+        raise NotImplementedError
+
+    # ---- carry -----------------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def initial_carry(self, num_envs: int) -> dict[str, Tensor]:
+        dev = self._device()
+        carry = {n: torch.zeros(num_envs, self.n_agents, self.hidden, device=dev) for n in self.state_names}
+        carry["start"] = torch.ones(num_envs, dtype=torch.bool, device=dev)
+        return carry
+
+    def reset_carry(self, carry: dict[str, Tensor], starts: Tensor) -> dict[str, Tensor]:
+        """Zero the states of the envs whose episode starts (starts [B] bool) and mark them."""
+        out = {n: torch.where(starts[:, None, None], 0.0, carry[n]) for n in self.state_names}
+        out["start"] = starts.to(torch.bool).clone()
+        return out
+
+    def storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            f"h_{n}": ((num_envs, self.n_agents, self.hidden), torch.float32) for n in self.state_names}
+        out["start"] = ((num_envs,), torch.bool)
+        return out
+
+    def _advance(self, obs: Tensor, alive: Tensor, state: Optional[Tensor],
+                 hidden: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """step() with dead agents' next states zeroed."""
+        logits, value, nxt = self.step(obs, alive, state, hidden)
+        keep = alive[..., None].to(logits.dtype)
+        return logits, value, {n: h * keep for n, h in nxt.items()}
+
+    # ---- acting ----------------------------------------------------------------------------------------------------
+    def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Any, generator: Optional[torch.Generator],
+            deterministic: bool = False, plan: Any = None, t: int = 0, carry: Any = None,
+            state: Optional[Tensor] = None) -> ActOut:
+        if carry is None:
+            carry = self.initial_carry(obs.shape[0])
+        hidden = {n: carry[n] for n in self.state_names}
+        with torch.no_grad():
+            logits, value, nxt = self._advance(obs, alive, state, hidden)
+            logp_all = torch.log_softmax(masked_logits(logits, avail), dim=-1)
+            actions = sample(logp_all, generator, deterministic)
+            logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
+        stored = {f"h_{n}": hidden[n] for n in self.state_names}
+        stored["start"] = carry["start"]
+        nxt["start"] = torch.zeros_like(carry["start"])
+        return ActOut(actions, logp, value, stored=stored, carry=nxt)
+
+    def value(self, obs: Tensor, alive: Tensor, stored: dict[str, Tensor], carry: Any, how: Any,
+              generator: Optional[torch.Generator], plan: Any = None, state: Optional[Tensor] = None) -> Tensor:
+        """V(obs) [B,N] from the carry the env has at obs (for a truncated env's final observation: the carry after
+        its last step, before the reset)."""
+        with torch.no_grad():
+            return self._advance(obs, alive, state, {n: carry[n] for n in self.state_names})[1]
+
+    # ---- the update ------------------------------------------------------------------------------------------------
+    def score(self, batch: dict[str, Any], phase: str, upper: bool, relax: bool) -> Scored:
+        """Replay each env column [T,B',...] from its stored states at the first step; log-probs, entropies and
+        values [T,B',N]."""
+        obs, alive, avail, start = batch["obs"], batch["alive"], batch["avail"], batch["start"]
+        state = batch.get("state")
+        hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
+        logps, ents, values = [], [], []
+        for t in range(obs.shape[0]):
+            if t > 0:  # a new episode starts from zero states (the stored ones are zero there too)
+                hidden = {n: torch.where(start[t][:, None, None], batch[f"h_{n}"][t], h) for n, h in hidden.items()}
+            logits, value, hidden = self._advance(obs[t], alive[t], None if state is None else state[t], hidden)
+            logp_all = torch.log_softmax(masked_logits(logits, avail[t]), dim=-1)
+            logps.append(logp_all.gather(-1, batch["actions"][t][..., None]).squeeze(-1))
+            ents.append(-(logp_all.exp() * logp_all).sum(-1))
+            values.append(value)
+        return Scored(torch.stack(logps), torch.stack(ents), torch.stack(values))
+
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return torch.zeros(alive.shape[:-1], device=alive.device)
