@@ -35,7 +35,8 @@ def inputs(seed=0):
 def step_out(policy, obs, alive, h):
     hidden = {n: h for n in policy.state_names}
     state = obs.reshape(obs.shape[0], -1)
-    return policy._advance(obs, alive, state, hidden)
+    out = policy._advance(obs, alive, state, hidden)
+    return out.logits, out.value, out.hidden
 
 
 @pytest.mark.parametrize("name", ["mappo", "ippo", "commnet"])

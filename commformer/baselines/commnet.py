@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, gru, mlp
+from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, gru, mlp
 from commformer.config import check
 from commformer.protocol import PolicyEntry
 
@@ -68,12 +68,12 @@ class CommNetPolicy(RecurrentPolicy):
         self.project = nn.ModuleList(nn.Linear(h, f, bias=False) for _ in range(algo.rounds))
         self.actor_out, self.critic_out = mlp(h, f, spec.n_actions), mlp(h, f, 1)
 
-    def step(self, obs, alive, state, hidden):
+    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         e = torch.relu(self.encode(obs))
         h = hidden["actor"]
         for proj in self.project:
             h = gru(self.core, e + proj(mean_of_others(h, alive)), h)
-        return self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}
+        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h})
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
         return count_messages(alive)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, agent_ids, gru, mlp
+from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, agent_ids, gru, mlp
 from commformer.config import check
 from commformer.protocol import PolicyEntry
 
@@ -70,10 +70,10 @@ class MAPPOPolicy(RecurrentPolicy):
             raise ValueError("MAPPO with algo.critic_input=state needs the env's global state (keyword state)")
         return torch.cat([joint[:, None, :].expand(B, N, joint.shape[-1]), agent_ids(B, N, obs.device)], dim=-1)
 
-    def step(self, obs, alive, state, hidden):
+    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         ha = gru(self.actor_gru, torch.relu(self.actor_in(obs)), hidden["actor"])
         hc = gru(self.critic_gru, torch.relu(self.critic_in(self.critic_features(obs, state))), hidden["critic"])
-        return self.actor_out(ha), self.critic_out(hc).squeeze(-1), {"actor": ha, "critic": hc}
+        return StepOut(self.actor_out(ha), self.critic_out(hc).squeeze(-1), {"actor": ha, "critic": hc})
 
 
 class IPPOPolicy(RecurrentPolicy):
@@ -88,9 +88,9 @@ class IPPOPolicy(RecurrentPolicy):
         self.embed, self.core = nn.Linear(o, f), nn.GRUCell(f, h)
         self.actor_out, self.critic_out = mlp(h, f, spec.n_actions), mlp(h, f, 1)
 
-    def step(self, obs, alive, state, hidden):
+    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         h = gru(self.core, torch.relu(self.embed(obs)), hidden["actor"])
-        return self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}
+        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h})
 
 
 MAPPO = PolicyEntry(MAPPOConfig, MAPPOPolicy)

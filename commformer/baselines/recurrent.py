@@ -1,23 +1,28 @@
 """Recurrent policies on the policy seam (docs/methods/recurrent.md): a per-agent GRU state carried from step to
 step, stored with every rollout step, and replayed over whole rollout columns in the update.
 
-A subclass names its recurrent states (`state_names`, each [B,N,H]) and writes one pure step:
-`step(obs, alive, state, hidden) -> (logits [B,N,A], value [B,N], next hidden)`. This base does the rest:
+A subclass names its recurrent states (`state_names`, each [B,N,H]) and writes one step:
+`step(obs, alive, state, hidden, choices, generator, deterministic) -> StepOut` (logits [B,N,A], value [B,N], the
+next hidden states, and the step's own random choices: a sender's gate action, a hard graph's Gumbel noise; drawn
+from `generator` when `choices` is None, replayed when given). This base does the rest:
 
 - carry: {name: [B,N,H] f32 for each state, "start": [B] bool}; `reset_carry` zeroes the states of the envs whose
   episode starts and marks them; the states of dead agents are zeroed after each step (a dead agent's state then
   carries nothing from its past into the messages or values of anyone).
-- stored per step: the states the step acted from (`h_<name>`) and the start flag; `score` (the update) takes the
+- stored per step: the states the step acted from (`h_<name>`), the start flag and the step's choices (declared by
+  `choice_storage`; a choice that is an action adds its log-probability and entropy to the agent's); `score` (the
+  update) takes the
   stored states of each column's first step and unrolls the step function through the column's T steps, zeroing
   where an episode starts: the log-probs it recomputes are those of the states that acted (loss/acting_log_prob_gap
   ~1e-7), and the gradient runs through time over the whole rollout (backpropagation through T steps).
-- the value of a truncated env's final observation advances the carry from before the reset by one step.
+- the value of a truncated env's final observation advances the carry from before the reset by one step, with the
+  deterministic choices (no random number is drawn for it).
 
 Shapes: B envs, N agents, O obs width, S global-state width, A actions, H hidden width, T rollout steps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -44,6 +49,18 @@ class RecurrentConfig(AlgoConfig):
     def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
         # minibatches split env columns (whole sequences), never steps
         return {"network": (B, f"num_envs={B} env columns (a recurrent policy trains on whole sequences)")}
+
+
+@dataclass
+class StepOut:
+    """One step of a recurrent policy for B envs."""
+
+    logits: Tensor  # [B,N,A] before masking
+    value: Tensor  # [B,N]
+    hidden: dict[str, Tensor]  # next states {name: [B,N,H]}
+    choices: dict[str, Tensor] = field(default_factory=dict)  # the step's random choices, per env ([B,...] each)
+    choice_log_prob: Optional[Tensor] = None  # [B,N]: log-probability of the choices that are actions
+    choice_entropy: Optional[Tensor] = None  # [B,N]
 
 
 def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:
@@ -86,11 +103,16 @@ class RecurrentPolicy(PolicyBase):
         self.n_agents, self.hidden = n_agents, hidden
 
     # ---- what a subclass writes ------------------------------------------------------------------------------------
-    def step(self, obs: Tensor, alive: Tensor, state: Optional[Tensor],
-             hidden: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """obs [B,N,O], alive [B,N] bool, state [B,S] or None, hidden {name: [B,N,H]} -> (logits [B,N,A] before
-        masking, value [B,N], next hidden {name: [B,N,H]})."""
+    def step(self, obs: Tensor, alive: Tensor, state: Optional[Tensor], hidden: dict[str, Tensor],
+             choices: Optional[dict[str, Tensor]], generator: Optional[torch.Generator],
+             deterministic: bool) -> StepOut:
+        """obs [B,N,O], alive [B,N] bool, state [B,S] or None, hidden {name: [B,N,H]}; choices: the step's stored
+        choices to replay, or None to draw them (from generator; their deterministic form when deterministic)."""
         raise NotImplementedError
+
+    def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and dtypes of the step's choices (none by default)."""
+        return {}
 
     # ---- carry -----------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -112,14 +134,17 @@ class RecurrentPolicy(PolicyBase):
         out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
             f"h_{n}": ((num_envs, self.n_agents, self.hidden), torch.float32) for n in self.state_names}
         out["start"] = ((num_envs,), torch.bool)
+        out.update(self.choice_storage(num_envs))
         return out
 
-    def _advance(self, obs: Tensor, alive: Tensor, state: Optional[Tensor],
-                 hidden: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _advance(self, obs: Tensor, alive: Tensor, state: Optional[Tensor], hidden: dict[str, Tensor],
+                 choices: Optional[dict[str, Tensor]] = None, generator: Optional[torch.Generator] = None,
+                 deterministic: bool = True) -> StepOut:
         """step() with dead agents' next states zeroed."""
-        logits, value, nxt = self.step(obs, alive, state, hidden)
-        keep = alive[..., None].to(logits.dtype)
-        return logits, value, {n: h * keep for n, h in nxt.items()}
+        out = self.step(obs, alive, state, hidden, choices, generator, deterministic)
+        keep = alive[..., None].to(out.logits.dtype)
+        out.hidden = {n: h * keep for n, h in out.hidden.items()}
+        return out
 
     # ---- acting ----------------------------------------------------------------------------------------------------
     def act(self, obs: Tensor, avail: Tensor, alive: Tensor, how: Any, generator: Optional[torch.Generator],
@@ -129,38 +154,54 @@ class RecurrentPolicy(PolicyBase):
             carry = self.initial_carry(obs.shape[0])
         hidden = {n: carry[n] for n in self.state_names}
         with torch.no_grad():
-            logits, value, nxt = self._advance(obs, alive, state, hidden)
-            logp_all = torch.log_softmax(masked_logits(logits, avail), dim=-1)
+            out = self._advance(obs, alive, state, hidden, None, generator, deterministic)
+            logp_all = torch.log_softmax(masked_logits(out.logits, avail), dim=-1)
             actions = sample(logp_all, generator, deterministic)
             logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
+            if out.choice_log_prob is not None:
+                logp = logp + out.choice_log_prob
         stored = {f"h_{n}": hidden[n] for n in self.state_names}
         stored["start"] = carry["start"]
+        stored.update(out.choices)
+        nxt = dict(out.hidden)
         nxt["start"] = torch.zeros_like(carry["start"])
-        return ActOut(actions, logp, value, stored=stored, carry=nxt)
+        return ActOut(actions, logp, out.value, stored=stored, carry=nxt, graph=self.acting_graph(out.choices, alive),
+                      gate=out.choices.get("gate"))
+
+    def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Optional[Tensor]:
+        """[B,N,N] bool (receiver, sender) the step communicated on, for the graph history (None: not drawn)."""
+        return None
 
     def value(self, obs: Tensor, alive: Tensor, stored: dict[str, Tensor], carry: Any, how: Any,
               generator: Optional[torch.Generator], plan: Any = None, state: Optional[Tensor] = None) -> Tensor:
         """V(obs) [B,N] from the carry the env has at obs (for a truncated env's final observation: the carry after
-        its last step, before the reset)."""
+        its last step, before the reset), with the deterministic choices."""
         with torch.no_grad():
-            return self._advance(obs, alive, state, {n: carry[n] for n in self.state_names})[1]
+            return self._advance(obs, alive, state, {n: carry[n] for n in self.state_names}).value
 
     # ---- the update ------------------------------------------------------------------------------------------------
     def score(self, batch: dict[str, Any], phase: str, upper: bool, relax: bool) -> Scored:
-        """Replay each env column [T,B',...] from its stored states at the first step; log-probs, entropies and
-        values [T,B',N]."""
+        """Replay each env column [T,B',...] from its stored states at the first step, with the stored choices;
+        log-probs, entropies and values [T,B',N]."""
         obs, alive, avail, start = batch["obs"], batch["alive"], batch["avail"], batch["start"]
         state = batch.get("state")
+        names = list(self.choice_storage(1))
         hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
         logps, ents, values = [], [], []
         for t in range(obs.shape[0]):
             if t > 0:  # a new episode starts from zero states (the stored ones are zero there too)
                 hidden = {n: torch.where(start[t][:, None, None], batch[f"h_{n}"][t], h) for n, h in hidden.items()}
-            logits, value, hidden = self._advance(obs[t], alive[t], None if state is None else state[t], hidden)
-            logp_all = torch.log_softmax(masked_logits(logits, avail[t]), dim=-1)
-            logps.append(logp_all.gather(-1, batch["actions"][t][..., None]).squeeze(-1))
-            ents.append(-(logp_all.exp() * logp_all).sum(-1))
-            values.append(value)
+            out = self._advance(obs[t], alive[t], None if state is None else state[t], hidden,
+                                {k: batch[k][t] for k in names})
+            hidden = out.hidden
+            logp_all = torch.log_softmax(masked_logits(out.logits, avail[t]), dim=-1)
+            logp = logp_all.gather(-1, batch["actions"][t][..., None]).squeeze(-1)
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+            if out.choice_log_prob is not None:
+                logp, ent = logp + out.choice_log_prob, ent + out.choice_entropy
+            logps.append(logp)
+            ents.append(ent)
+            values.append(out.value)
         return Scored(torch.stack(logps), torch.stack(ents), torch.stack(values))
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
