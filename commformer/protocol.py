@@ -135,6 +135,10 @@ BUILTIN_POLICIES: dict[str, str] = {
     "mappo": "commformer.baselines.mappo:MAPPO",
     "ippo": "commformer.baselines.mappo:IPPO",
     "commnet": "commformer.baselines.commnet:COMMNET",
+    "ic3net": "commformer.baselines.ic3net:IC3NET",
+    "tarmac": "commformer.baselines.tarmac:TARMAC",
+    "gacomm": "commformer.baselines.gacomm:GACOMM",
+    "magic": "commformer.baselines.magic:MAGIC",
 }
 
 

@@ -50,9 +50,11 @@ def _pyplot():
 
 
 def _matrix(record: Mapping[str, Any]) -> tuple[np.ndarray, bool]:
-    """(the panel's values [N,N] with a NaN diagonal, whether they are alpha)."""
+    """(the panel's values [N,N] with a NaN diagonal, whether they are alpha). Without alpha: the graph's mean over
+    the evaluation's steps where recorded (a graph drawn per step), else its 0/1 graph."""
     has_alpha = record.get("alpha") is not None
-    values = np.array(record["alpha"] if has_alpha else record["graph"], dtype=float)
+    plain = record["graph"] if record.get("graph_mean") is None else record["graph_mean"]
+    values = np.array(record["alpha"] if has_alpha else plain, dtype=float)
     np.fill_diagonal(values, np.nan)
     return values, has_alpha
 

@@ -28,10 +28,14 @@ class EvalDetails:
     fixed: top-k(alpha), the full graph during warmup, or the fixed graph of modes full/none/random); None for a
     policy that reports no graph.
     gate_open [N] f32: per agent, the fraction of its live steps with the gate open (NaN for an agent never alive);
-    None without a gate."""
+    None without a gate.
+    graph_mean [N,N] f32: the acting graph averaged over the live steps of the evaluation's episodes (for a policy
+    that draws a graph per step, e.g. MAGIC's scheduler, the mean differs from the first step's graph); None
+    without a graph."""
 
     graph: torch.Tensor | None
     gate_open: torch.Tensor | None
+    graph_mean: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -61,6 +65,7 @@ def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.
     count = torch.zeros(B, dtype=torch.long, device=device)
     sums: dict[str, torch.Tensor] = {}
     messages, msg_steps = 0.0, 0
+    graph_sum = torch.zeros(N, N, dtype=torch.float64, device=device)
     carry = policy.initial_carry(B)
     for _ in range(m * (env.spec.episode_limit + 1)):
         out = policy.act(step.obs, step.avail_actions, step.alive, how, generator, deterministic=not sample_actions,
@@ -68,8 +73,10 @@ def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.
         live = count < m
         messages += float(policy.messages(out.stored, step.alive)[live].sum())
         msg_steps += int(live.sum())
-        if first_graph is None and out.graph is not None:
-            first_graph = out.graph[0].clone()
+        if out.graph is not None:
+            if first_graph is None:
+                first_graph = out.graph[0].clone()
+            graph_sum += (out.graph.double() * live[:, None, None]).sum(0)
         if out.gate is not None:
             gated = True
             counted = (live[:, None] & step.alive).double()  # [B,N]: live episodes' live agents
@@ -93,5 +100,7 @@ def evaluate_with_details(policy: Policy, env: VecEnv, seed: int, device: torch.
     out["eval/episodes"] = float(n)
     out["comm/eval_messages_per_step"] = messages / max(msg_steps, 1)
     rate = torch.where(live_steps > 0, gate_open / live_steps.clamp(min=1.0), float("nan"))
-    details = EvalDetails(None if first_graph is None else first_graph.bool().cpu(), rate.float().cpu() if gated else None)
+    mean = None if first_graph is None else (graph_sum / max(msg_steps, 1)).float().cpu()
+    details = EvalDetails(None if first_graph is None else first_graph.bool().cpu(), rate.float().cpu() if gated else None,
+                          mean)
     return out, details

@@ -7,7 +7,9 @@ Each record (N agents; lists are receiver-major: row i = receiver i, column j = 
     graph_choice     str, how evaluation picked the graph (deterministic, or full during warmup)
     k                int, senders each receiver keeps besides itself
     alpha            [N][N] float, the graph logits at that time (null for graphs without alpha)
-    graph            [N][N] 0/1, the acting graph of the evaluation
+    graph            [N][N] 0/1, the acting graph of the evaluation (its first step)
+    graph_mean       [N][N] float, the acting graph averaged over the evaluation's live steps (differs from graph
+                     for policies that draw a graph per step: GA-Comm, MAGIC); null without a graph
     margins          [N] float, per receiver alpha's k-th minus (k+1)-th largest among j != i (null where undefined)
     gate_open        [N] float, per agent, the fraction of its evaluation steps with the gate open (null: no gate)
     messages_per_step  float, the evaluation's mean messages per step (comm/eval_messages_per_step)
@@ -59,6 +61,8 @@ def graph_record(graph: Any, details: EvalDetails, metrics: Mapping[str, float],
         "graph_choice": choice_name(how), "k": 0 if graph is None else int(graph.k),
         "alpha": graph.alpha.detach().cpu().tolist() if graph is not None and graph.learned else None,
         "graph": None if details.graph is None else details.graph.int().tolist(),
+        "graph_mean": None if details.graph_mean is None else [[round(float(x), 4) for x in row]
+                                                               for row in details.graph_mean.tolist()],
         "margins": None if bool(torch.isnan(margins).all()) else _floats(margins.tolist()),
         "gate_open": None if details.gate_open is None else _floats(details.gate_open.tolist()),
         "messages_per_step": _floats([metrics.get("comm/eval_messages_per_step", float("nan"))])[0],

@@ -1,0 +1,106 @@
+"""MAGIC (Niu, Paleja and Gombolay 2021, "Multi-Agent Graph-Attention Communication and Teaming", AAMAS) with a
+GRU core (docs/methods/magic.md).
+
+Per step, agent i with state h_i (from the last step) and e_i = ReLU(W_e o_i):
+    h_i = GRU(e_i, h_i)
+    scheduler:  z = GAT_s(h) over every alive pair;  G_ij = hard Gumbel-softmax over {silent, talk} of
+                f_s([z_i, z_j])  (alive j != i; stored noise, straight-through gradient)
+    processor:  m = ELU(GAT_1(h, G)), then (rounds = 2) m = GAT_2(m, G)
+    logits_i = head_pi([h_i, m_i]),  V_i = head_V([h_i, m_i])
+GAT(x, G): alpha_ij = softmax over the j with G_ij = 1 of LeakyReLU(a . [W x_i, W x_j]), out_i = sum_j alpha_ij G_ij
+W x_j (0 when i hears nobody). Messages per step: the pairs of G.
+
+Shapes: B envs, N agents, O obs width, A actions, H hidden width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from commformer.baselines.comm_ops import count_pairs, gumbel_noise, hard_edge, heard
+from commformer.baselines.gacomm import graph_attention, pair_features
+from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, gru, mlp
+from commformer.config import check, check_positive_finite
+from commformer.protocol import PolicyEntry
+
+
+@dataclass
+class MAGICConfig(RecurrentConfig):
+    """MAGIC's keys (docs/methods/magic.md)."""
+
+    name: str = "magic"
+    policy: str = "magic"
+    rounds: int = 2
+    """graph-attention rounds of the message processor (1 or 2)"""
+    tau: float = 1.0
+    """temperature of the scheduler's Gumbel-softmax (its gradient only: the forward value is 0 or 1)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.rounds in (1, 2), f"algo.rounds={self.rounds}; allowed: 1, 2")
+        check_positive_finite("algo.tau", self.tau)
+
+
+class GAT(nn.Module):
+    """One graph-attention layer (one head): x [B,N,X], graph [B,N,N] (0/1, straight-through) -> [B,N,Y]."""
+
+    def __init__(self, inp: int, out: int) -> None:
+        super().__init__()
+        self.w = nn.Linear(inp, out, bias=False)
+        self.a_dst, self.a_src = nn.Linear(out, 1, bias=False), nn.Linear(out, 1, bias=False)
+
+    def forward(self, x: Tensor, graph: Tensor) -> Tensor:
+        wx = self.w(x)
+        scores = nn.functional.leaky_relu(self.a_dst(wx) + self.a_src(wx).transpose(-1, -2), 0.2)  # [B,N,N]
+        return graph_attention(scores, graph) @ wx
+
+
+class MAGICPolicy(RecurrentPolicy):
+    """Scheduler (a hard graph per step) and graph-attention message processor (docs/methods/magic.md)."""
+
+    state_names = ("actor",)
+
+    def __init__(self, algo: MAGICConfig, spec, seed: int) -> None:
+        super().__init__(spec.n_agents, algo.hidden)
+        torch.manual_seed(seed)
+        o, h, f = spec.obs_dim, algo.hidden, algo.fc
+        self.tau = algo.tau
+        self.encode, self.core = nn.Linear(o, f), nn.GRUCell(f, h)
+        self.sched_gat, self.sched = GAT(h, f), mlp(2 * f, f, 2)
+        self.process = nn.ModuleList([GAT(h, h)] + ([GAT(h, h)] if algo.rounds == 2 else []))
+        self.actor_out, self.critic_out = mlp(2 * h, f, spec.n_actions), mlp(2 * h, f, 1)
+
+    def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        n = self.n_agents
+        return {"noise": ((num_envs, n, n, 2), torch.float32), "graph": ((num_envs, n, n), torch.bool)}
+
+    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
+        h = gru(self.core, torch.relu(self.encode(obs)), hidden["actor"])
+        pairs = heard(alive)
+        logits = self.sched(pair_features(self.sched_gat(h, pairs.to(h.dtype))))
+        if choices is not None:
+            noise = choices["noise"]
+        elif deterministic:
+            noise = torch.zeros_like(logits)
+        else:
+            noise = gumbel_noise(tuple(logits.shape), generator, logits.device)
+        graph = hard_edge(logits, noise, self.tau) * pairs
+        m = h
+        for i, gat in enumerate(self.process):
+            m = gat(m, graph)
+            if i == 0:
+                m = nn.functional.elu(m)
+        out = torch.cat([h, m], dim=-1)
+        return StepOut(self.actor_out(out), self.critic_out(out).squeeze(-1), {"actor": h},
+                       {"noise": noise, "graph": graph.detach() > 0.5})
+
+    def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return choices["graph"]
+
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return count_pairs(stored["graph"])
+
+
+MAGIC = PolicyEntry(MAGICConfig, MAGICPolicy)
