@@ -37,7 +37,7 @@ def hard_edge(logits: Tensor, noise: Tensor, tau: float) -> Tensor:
     talk class."""
     soft = torch.softmax((logits + noise) / tau, dim=-1)[..., 1]
     hard = ((logits + noise).argmax(-1) == 1).to(soft.dtype)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # exactly hard in value (x - x = 0), the soft gradient
 
 
 def count_pairs(mask: Tensor) -> Tensor:
