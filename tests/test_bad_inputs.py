@@ -63,8 +63,8 @@ TRAIN_CASES = [
      ["algo.warmup_iters=4", "the run's 4 iterations", "the gate never steps"]),
     (["env.vision=100"], {}, ["env.vision=100", "must be <= env.dim - 1 = 4", "env.dim=5"]),
     (["env="], {}, ["env=: no option given; allowed:", "pp", "pcp", "signal", "smax_3m"]),
-    (["algo="], {}, ["algo=: no option given; allowed: commformer, commformer_gated, commformer_score, full, "
-                     "nocomm, random"]),
+    (["algo="], {}, ["algo=: no option given; allowed: commformer, commformer_gated, commformer_score, commnet, "
+                     "full, gacomm, ic3net, ippo, magic, mappo, nocomm, random, tarmac"]),
 ]
 
 
