@@ -198,3 +198,20 @@ def test_recurrent_resume_equals_straight_run(tmp_path):
     assert len(a) == 4 and without_perf(a) == without_perf(b)
     for t in (straight, half, resumed):
         t.close()
+
+
+@pytest.mark.parametrize("algo", ["mappo", "commnet"])
+def test_reevaluating_the_checkpoint_carries_the_state(tmp_path, algo):
+    """scripts/evaluate.py's path (load_run, evaluate_run) on the training evaluation's own episodes gives the
+    trainer's final success exactly: the state is carried and reset the same way. MAPPO also reads the env's state."""
+    from commformer.analysis.loaded_run import load_run
+    from commformer.analysis.reevaluate import evaluate_run
+    from commformer.training.evaluation import EVAL_SEED_OFFSET
+
+    cfg = tiny(tmp_path, algo, eval_episodes=8)
+    final = Trainer(cfg, tmp_path).train()
+    run = load_run(tmp_path)
+    out = evaluate_run(run, 8, cfg.seed + EVAL_SEED_OFFSET, torch.device("cpu"), "auto", "auto", n_boot=10)
+    assert out["metrics"]["success"]["mean"] == final["eval/success"]
+    assert out["metrics"]["return"]["mean"] == pytest.approx(final["eval/return"], abs=1e-5)  # per-step actions
+    assert out["messages_per_step"] == (6.0 if algo == "commnet" else 0.0)
