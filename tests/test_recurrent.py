@@ -215,3 +215,11 @@ def test_reevaluating_the_checkpoint_carries_the_state(tmp_path, algo):
     assert out["metrics"]["success"]["mean"] == final["eval/success"]
     assert out["metrics"]["return"]["mean"] == pytest.approx(final["eval/return"], abs=1e-5)  # per-step actions
     assert out["messages_per_step"] == (6.0 if algo == "commnet" else 0.0)
+
+
+def test_a_recurrent_baseline_takes_only_a_zero_warm_up():
+    from commformer.config import ConfigError
+
+    assert IPPOConfig(warmup_iters=0).warmup_iters == 0  # one study can give every arm algo.warmup_iters=0
+    with pytest.raises(ConfigError, match=r"algo.warmup_iters=3; ippo has no warm-up phase"):
+        IPPOConfig(warmup_iters=3)

@@ -8,10 +8,17 @@ a claim holds when its quantity's 95% interval lies on the right side of its thr
 interval lies on the wrong side, and is undecided when the interval straddles the threshold.
 
 - communication-critical task: P(full > nocomm) >= 0.9
-- C1: IQM(commformer) >= 0.95 x IQM(full)                 (the interval: commformer's IQM interval)
+- C1: IQM(commformer) / IQM(full) >= 0.95
 - C2: P(commformer > random) >= 0.75 and P(random > nocomm) >= 0.75  (each by its own interval; both must hold)
-- C3: commformer_gated sends <= 50% of commformer's messages per step (IQMs) and IQM(gated) >= 0.95 x IQM(commformer)
-- C4: IQM(split) >= 0.95 x IQM(alternate)                 (the interval: split's IQM interval)
+- C3: commformer_gated sends <= 50% of commformer's messages per step (IQMs) and IQM(gated) / IQM(commformer) >= 0.95
+- C4: IQM(split) / IQM(alternate) >= 0.95
+
+A ratio claim is decided on the 95% percentile bootstrap interval of the ratio IQM(X) / IQM(Y) in which the runs of
+both groups are resampled (stats.iqm_ratio_ci, as scripts/ratio_from_marl_eval.py): it holds when the interval's
+lower end is >= 0.95, does not hold when its upper end is < 0.95, and is undecided otherwise; Y's own spread counts,
+so Y's IQM is not taken as exact. The ratio needs values >= 0 (success rates); with a negative value it is undecided.
+A P(X > Y) interval of [1, 1] (or [0, 0]) with every run of X above (below) every run of Y is complete separation:
+every resample then gives the same P, so the interval collapses whatever the number of runs; the page says so.
 """
 from __future__ import annotations
 
@@ -20,9 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from commformer.analysis import stats
 from commformer.analysis.protocol import compare, group_runs, summarise_group
 from commformer.analysis.report import read_runs
-from commformer.analysis.tables import write_text
+from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, N_BOOT, write_text
 from commformer.cli_args import OneLineParser
 from commformer.errors import UsageError, guarded
 from commformer.log_setup import script_logging
@@ -42,6 +50,19 @@ def verdict(lo: float, hi: float, threshold: float) -> str:
     if hi < threshold:
         return "does not hold"
     return "undecided"
+
+
+def ratio_verdict(x: Sequence[float], y: Sequence[float], threshold: float,
+                  n_boot: int = N_BOOT) -> dict[str, Any]:
+    """IQM(x) / IQM(y) with its 95% percentile bootstrap interval, the runs of x and of y resampled separately
+    (stats.iqm_ratio_ci), and the verdict of "IQM(x) >= threshold x IQM(y)" on that interval: {'ratio', 'ci',
+    'verdict'}. With a negative value the ratio is not defined: ratio and ci None, 'undecided'."""
+    if min(min(x), min(y)) < 0:
+        return {"ratio": None, "ci": None, "verdict": "undecided"}
+    num, den = stats.iqm(x), stats.iqm(y)
+    ratio = float(num / den) if den > 0 else float("inf") if num > 0 else float("nan")
+    ci = list(stats.iqm_ratio_ci(x, y, n_boot, CONFIDENCE, BOOT_SEED))
+    return {"ratio": ratio, "ci": ci, "verdict": verdict(*ci, threshold) if ci[0] == ci[0] else "undecided"}
 
 
 def both(*verdicts: str) -> str:

@@ -40,11 +40,16 @@ class RecurrentConfig(AlgoConfig):
     """width of the GRU state"""
     fc: int = 64
     """width of the dense layers before and after the GRU"""
+    warmup_iters: int = 0
+    """iterations on the full graph first: a recurrent baseline has no warm-up phase, so only 0 (the key exists so
+    one study can give every arm the same warm-up rule, algo.warmup_iters=0)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in ("hidden", "fc"):
             check(getattr(self, key) >= 1, f"algo.{key}={getattr(self, key)}; must be >= 1")
+        check(self.warmup_iters == 0, f"algo.warmup_iters={self.warmup_iters}; {self.name} has no warm-up phase: "
+              "only 0 is allowed")
 
     def level_rows(self, T: int, B: int) -> dict[str, tuple[int, str]]:
         # minibatches split env columns (whole sequences), never steps
