@@ -19,6 +19,7 @@ lower end is >= 0.95, does not hold when its upper end is < 0.95, and is undecid
 so Y's IQM is not taken as exact. The ratio needs values >= 0 (success rates); with a negative value it is undecided.
 A P(X > Y) interval of [1, 1] (or [0, 0]) with every run of X above (below) every run of Y is complete separation:
 every resample then gives the same P, so the interval collapses whatever the number of runs; the page says so.
+The page also says how many comparisons it decides, each by its own 95% interval with no correction for their number.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def ratio_verdict(x: Sequence[float], y: Sequence[float], threshold: float,
     num, den = stats.iqm(x), stats.iqm(y)
     ratio = float(num / den) if den > 0 else float("inf") if num > 0 else float("nan")
     ci = list(stats.iqm_ratio_ci(x, y, n_boot, CONFIDENCE, BOOT_SEED))
-    return {"ratio": ratio, "ci": ci, "verdict": verdict(*ci, threshold) if ci[0] == ci[0] else "undecided"}
+    return {"ratio": ratio, "ci": ci, "verdict": verdict(*ci, threshold)}
 
 
 def both(*verdicts: str) -> str:
@@ -114,51 +115,77 @@ TABLE_HEAD = ("| group | seeds | IQM | 95% CI | msgs/step (IQM) | env steps |\n"
               "|---|---|---|---|---|---|")
 
 
+# a P interval of [1, 1] or [0, 0] on complete separation: every resample gives the same P, whatever the runs' number
+SEPARATION = "complete separation, every run of {a} above every run of {b}: {ci} whatever the number of runs"
+
+
 def _p_line(c: Mapping[str, Any]) -> str:
-    return f"P({c['x']} > {c['y']}) = {c['p']:.2f} {_ci(c['ci'])}"
+    """P(X > Y) with its interval, and a note when the interval is [1, 1] or [0, 0] from complete separation."""
+    line = f"P({c['x']} > {c['y']}) = {c['p']:.2f} {_ci(c['ci'])}"
+    if c["p"] == 1.0 and list(c["ci"]) == [1.0, 1.0]:
+        line += f" ({SEPARATION.format(a=c['x'], b=c['y'], ci='[1, 1]')})"
+    elif c["p"] == 0.0 and list(c["ci"]) == [0.0, 0.0]:
+        line += f" ({SEPARATION.format(a=c['y'], b=c['x'], ci='[0, 0]')})"
+    return line
 
 
-def c1c3_section(name: str, rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown of one C1-C3 study: the table, the critical check and the verdicts of C1, C2, C3."""
+def _ratio_line(x: Mapping[str, Any], y: Mapping[str, Any], r: Mapping[str, Any], threshold: float) -> str:
+    """IQM(X) / IQM(Y) with its interval (both groups resampled) against the threshold, and the two IQMs."""
+    if r["ratio"] is None:
+        head = f"IQM({x['label']}) / IQM({y['label']}) not defined (a value below 0)"
+    else:
+        head = f"IQM({x['label']}) / IQM({y['label']}) = {r['ratio']:.3f} {_ci(r['ci'])}"
+    return (f"{head} against {threshold} (IQM({x['label']}) {x['iqm']:.3f} {_ci(x['iqm_ci'])}, "
+            f"IQM({y['label']}) {y['iqm']:.3f} {_ci(y['iqm_ci'])})")
+
+
+# the comparisons each section decides by a 95% interval against a threshold (the counted ones on the page)
+C1C3_COMPARISONS = 5  # P(full > nocomm), C1's ratio, C2's two P, C3's ratio (C3's message check compares two IQMs)
+C4_COMPARISONS = 1  # C4's ratio
+
+
+def c1c3_section(name: str, rows: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """Markdown of one C1-C3 study (the table, the critical check and the verdicts of C1, C2, C3) and the number of
+    interval comparisons it decides (0 when a preset is missing)."""
     out = [f"### {name}: C1-C3 on `{rows[0]['env']}` ({rows[0]['metric']})", "", TABLE_HEAD]
     out += [_row_line(r["label"], r) for r in rows]
     get = {a: find(rows, a) for a in ("nocomm", "random", "commformer", "commformer_gated", "full")}
     missing = [a for a, r in get.items() if r is None]
     if missing:
-        return out + ["", f"Missing presets: {', '.join(missing)}; no verdicts."]
+        return out + ["", f"Missing presets: {', '.join(missing)}; no verdicts."], 0
     full, nocomm, rnd, cf, gated = (get[a] for a in ("full", "nocomm", "random", "commformer", "commformer_gated"))
     crit = compare(full, nocomm)
     crit_v = verdict(*crit["ci"], CRITICAL_P)
-    c1_t = C1_RATIO * full["iqm"]
-    c1 = verdict(*cf["iqm_ci"], c1_t)
+    c1 = ratio_verdict(cf["values"], full["values"], C1_RATIO)
     p_cr, p_rn = compare(cf, rnd), compare(rnd, nocomm)
     c2 = both(verdict(*p_cr["ci"], C2_P), verdict(*p_rn["ci"], C2_P))
     fewer = (gated["messages"] is not None and cf["messages"] is not None
              and gated["messages"] <= C3_MESSAGES * cf["messages"])
-    c3 = both("holds" if fewer else "does not hold", verdict(*gated["iqm_ci"], C3_RATIO * cf["iqm"]))
+    c3_ratio = ratio_verdict(gated["values"], cf["values"], C3_RATIO)
+    c3 = both("holds" if fewer else "does not hold", c3_ratio["verdict"])
     saved = 1.0 - gated["messages"] / cf["messages"] if cf["messages"] else float("nan")
     out += ["",
             f"- Communication-critical (P(full > nocomm) >= {CRITICAL_P}): {_p_line(crit)}: "
             f"{'yes' if crit_v == 'holds' else 'no' if crit_v == 'does not hold' else 'undecided'}.",
-            f"- **C1 {c1}**: IQM(commformer) {cf['iqm']:.3f} {_ci(cf['iqm_ci'])} against "
-            f"{C1_RATIO} x IQM(full) = {c1_t:.3f}.",
+            f"- **C1 {c1['verdict']}**: {_ratio_line(cf, full, c1, C1_RATIO)}.",
             f"- **C2 {c2}**: {_p_line(p_cr)}; {_p_line(p_rn)} (each must reach {C2_P}).",
             f"- **C3 {c3}**: commformer_gated sends {_num(gated['messages'])} messages per step against "
-            f"{_num(cf['messages'])} ({saved:.0%} fewer; needs >= {C3_MESSAGES:.0%}), IQM {gated['iqm']:.3f} "
-            f"{_ci(gated['iqm_ci'])} against {C3_RATIO} x {cf['iqm']:.3f} = {C3_RATIO * cf['iqm']:.3f}."]
-    return out
+            f"{_num(cf['messages'])} ({saved:.0%} fewer; needs >= {C3_MESSAGES:.0%}); "
+            f"{_ratio_line(gated, cf, c3_ratio, C3_RATIO)}."]
+    return out, C1C3_COMPARISONS
 
 
-def c4_section(rows: list[dict[str, Any]]) -> list[str]:
+def c4_section(rows: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """Markdown of the C4 study and the number of interval comparisons it decides (0 when an arm is missing)."""
     split, alt = find(rows, "commformer", **{"algo.bilevel": "split"}), find(rows, "commformer",
                                                                            **{"algo.bilevel": "alternate"})
     out = [f"### {C4}: C4, split vs alternate bi-level on `{rows[0]['env']}` ({rows[0]['metric']})", "", TABLE_HEAD]
     out += [_row_line(r["label"], r) for r in rows]
     if split is None or alt is None:
-        return out + ["", "Missing algo.bilevel=split or alternate; no verdict."]
-    t = C4_RATIO * alt["iqm"]
-    return out + ["", f"- **C4 {verdict(*split['iqm_ci'], t)}**: IQM(split) {split['iqm']:.3f} {_ci(split['iqm_ci'])} "
-                      f"against {C4_RATIO} x IQM(alternate) = {t:.3f}; {_p_line(compare(split, alt))}."]
+        return out + ["", "Missing algo.bilevel=split or alternate; no verdict."], 0
+    c4 = ratio_verdict(split["values"], alt["values"], C4_RATIO)
+    return out + ["", f"- **C4 {c4['verdict']}**: {_ratio_line(split, alt, c4, C4_RATIO)}; "
+                      f"{_p_line(compare(split, alt))} (shown, not decided)."], C4_COMPARISONS
 
 
 def curve_section(name: str, title: str, rows: list[dict[str, Any]], key: str) -> list[str]:
@@ -177,6 +204,7 @@ def claims_markdown(studies: Path) -> str:
     """The whole claims page for the studies under `studies` (UsageError when none has run)."""
     parts: list[list[str]] = []
     used: list[str] = []
+    decided = 0  # interval comparisons against a threshold, over the whole page
     for name in C1C3 + (C4, SPARSITY, GATE):
         sweep = latest_sweep(studies, name)
         if sweep is None:
@@ -185,9 +213,13 @@ def claims_markdown(studies: Path) -> str:
         rows = study_rows(sweep)
         used.append(f"`{name}`: {sweep} (commit {', '.join(revisions(sweep)) or 'unknown'})")
         if name in C1C3:
-            parts.append(c1c3_section(name, rows))
+            lines, n = c1c3_section(name, rows)
+            parts.append(lines)
+            decided += n
         elif name == C4:
-            parts.append(c4_section(rows))
+            lines, n = c4_section(rows)
+            parts.append(lines)
+            decided += n
         elif name == SPARSITY:
             parts.append(curve_section(name, "IQM against the sparsity S", rows, "algo.sparsity"))
         else:
@@ -195,10 +227,16 @@ def claims_markdown(studies: Path) -> str:
     if not used:
         raise UsageError(f"no study has run under {studies} (expected runs/studies/<study>/<date>_<time>)")
     head = ["Made by `python scripts/claims.py` from these sweep folders:", ""] + [f"- {u}" for u in used]
-    rule = ["", "Each run's final evaluation; IQM over runs with a 95% percentile bootstrap interval; P(X > Y) over "
-                "(run, run) pairs with its bootstrap interval. A claim holds when its interval lies on the right "
-                "side of its threshold, does not hold when it lies on the wrong side, and is undecided when it "
-                "straddles it."]
+    rule = ["", f"Each run's final evaluation; IQM over runs with a {CONFIDENCE:.0%} percentile bootstrap interval; "
+                "P(X > Y) over (run, run) pairs with its bootstrap interval. A ratio claim (C1, C3's IQM side, C4) "
+                f"is decided on the {CONFIDENCE:.0%} interval of IQM(X) / IQM(Y) with the runs of both groups "
+                f"resampled ({N_BOOT} resamples, seed {BOOT_SEED}): it holds when the interval's lower end is >= "
+                f"{C1_RATIO}, does not hold when its upper end is < {C1_RATIO}, and is undecided otherwise. A P(X > Y) "
+                "claim holds when its interval lies at or above its threshold, does not hold when it lies below, "
+                "and is undecided when it straddles it.",
+            "", f"This page makes {decided} comparisons, each decided by its own {CONFIDENCE:.0%} interval with no "
+                "correction for their number (per C1-C3 study: P(full > nocomm), C1's ratio, C2's two P(X > Y), "
+                "C3's ratio; C4's ratio). C3's message check compares two IQMs without an interval."]
     return "\n".join(head + rule + [""] + ["\n".join(p) + "\n" for p in parts])
 
 

@@ -69,8 +69,9 @@ class Schedule:
 
 class CommFormerPolicy(nn.Module):
     """decoder_graph_grad (Schedule): whether the decoder's mask D also carries the graph's gradient (w * D). Off by
-    default: through D the loss measures the effect of a sender's sampled action, which on the signal game pushed
-    alpha away from the one informative sender; the encoder's w * M path carries the gradient either way."""
+    default, as the method defines D as a 0/1 condition on M; on the signal game the setting made no measured
+    difference (docs/results.md, "Decisions backed by measurements"). The encoder's w * M path carries the gradient
+    either way."""
 
     uses_state = False  # acts on the observations alone
     sequences = False  # memoryless: the update scores single rows
