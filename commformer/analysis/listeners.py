@@ -1,7 +1,9 @@
 """Who hears a given sender at the end of each run (`scripts/listeners.py`): for every run folder, the final
 evaluation's metric and the receivers whose evaluation graph includes the sender, counted only where the choice is
 strict (alpha's row margin > 0, so no tie of alpha decides it). On the scout task (conf/env/pcp_scout.yaml) the
-sender is the scout, agent 0, and the receivers the four blind agents."""
+sender is the scout, agent 0, and the receivers the four blind agents. With `--shift S` every receiver i has its
+own source, agent (i + S) mod N (the signal game, conf/env/signal*.yaml): the table counts the receivers that hear
+their source, strictly."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +57,26 @@ def listeners_rows(roots: Sequence[str | Path], sender: int, receivers: Sequence
     return rows
 
 
+def source_rows(roots: Sequence[str | Path], shift: int, metric: str) -> list[list[str]]:
+    """Table rows for the signal game: run folder, algo, seed, k, final metric, receivers i hearing their source
+    (i + shift) mod N (strictly) out of N."""
+    rows = []
+    for path in find_run_dirs(roots):
+        run = read_run(path)
+        if run is None:
+            continue
+        final = next((float(r[metric]) for r in reversed(run.rows) if r.get(metric) not in (None, "")), math.nan)
+        record = read_history(path)[-1]
+        n = len(record["graph"])
+        heard = [i for i in range(n) if strict_listeners(record, (i + shift) % n, [i])]
+        rows.append([path.name, run.algo, str(run.config.get("seed", "?")), str(record.get("k", "?")),
+                     f"{final:.3f}", f"{len(heard)} of {n}"])
+    if not rows:
+        raise UsageError(f"no run folders under {', '.join(map(str, roots))} (folders holding metrics.csv and "
+                         "config.yaml)")
+    return rows
+
+
 def listeners_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="listeners.py", description="Per run folder: the final metric and which receivers hear a "
                                                        "sender in the final evaluation graph (strict choices only).")
@@ -62,6 +84,9 @@ def listeners_parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", type=int_in(0), default=0, help="the sender (default 0: the scout of pcp_scout)")
     p.add_argument("--receivers", default="1,2,3,4", help="comma-separated receivers (default 1,2,3,4)")
     p.add_argument("--metric", default="eval/success", help="the final metric column (default eval/success)")
+    p.add_argument("--shift", type=int_in(1), default=None,
+                   help="instead of one sender: receiver i's source is agent (i + SHIFT) mod N (the signal game); "
+                        "counts the receivers hearing their own source")
     return p
 
 
@@ -70,6 +95,11 @@ def listeners_main(argv: Sequence[str] | None = None) -> list[list[str]]:
     script_logging()
 
     def run() -> list[list[str]]:
+        if args.shift is not None:
+            rows = source_rows(args.roots, args.shift, args.metric)
+            sys.stdout.write(md_table(["run", "algo", "seed", "k", args.metric, f"hear source i+{args.shift}"], rows)
+                             + "\n")
+            return rows
         try:
             receivers = [int(x) for x in args.receivers.split(",") if x.strip()]
         except ValueError:
