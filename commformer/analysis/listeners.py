@@ -40,20 +40,29 @@ def strict_listeners(record: Mapping[str, Any], sender: int, receivers: Sequence
     return out
 
 
-def listeners_rows(roots: Sequence[str | Path], sender: int, receivers: Sequence[int], metric: str) -> list[list[str]]:
-    """Table rows: run folder, algo, seed, final metric, receivers hearing the sender (strictly) out of all."""
-    rows = []
+def final_graphs(roots: Sequence[str | Path], metric: str) -> list[tuple[Path, Any, float, Mapping[str, Any]]]:
+    """(run folder, its run, final `metric`, last graph-history record) of every run under `roots`; UsageError when
+    there is none."""
+    out = []
     for path in find_run_dirs(roots):
         run = read_run(path)
         if run is None:
             continue
         final = next((float(r[metric]) for r in reversed(run.rows) if r.get(metric) not in (None, "")), math.nan)
-        heard = strict_listeners(read_history(path)[-1], sender, receivers)
-        rows.append([path.name, run.algo, str(run.config.get("seed", "?")), f"{final:.3f}",
-                     f"{len(heard)} of {len(receivers)} {heard}"])
-    if not rows:
+        out.append((path, run, final, read_history(path)[-1]))
+    if not out:
         raise UsageError(f"no run folders under {', '.join(map(str, roots))} (folders holding metrics.csv and "
                          "config.yaml)")
+    return out
+
+
+def listeners_rows(roots: Sequence[str | Path], sender: int, receivers: Sequence[int], metric: str) -> list[list[str]]:
+    """Table rows: run folder, algo, seed, final metric, receivers hearing the sender (strictly) out of all."""
+    rows = []
+    for path, run, final, record in final_graphs(roots, metric):
+        heard = strict_listeners(record, sender, receivers)
+        rows.append([path.name, run.algo, str(run.config.get("seed", "?")), f"{final:.3f}",
+                     f"{len(heard)} of {len(receivers)} {heard}"])
     return rows
 
 
@@ -61,19 +70,11 @@ def source_rows(roots: Sequence[str | Path], shift: int, metric: str) -> list[li
     """Table rows for the signal game: run folder, algo, seed, k, final metric, receivers i hearing their source
     (i + shift) mod N (strictly) out of N."""
     rows = []
-    for path in find_run_dirs(roots):
-        run = read_run(path)
-        if run is None:
-            continue
-        final = next((float(r[metric]) for r in reversed(run.rows) if r.get(metric) not in (None, "")), math.nan)
-        record = read_history(path)[-1]
+    for path, run, final, record in final_graphs(roots, metric):
         n = len(record["graph"])
         heard = [i for i in range(n) if strict_listeners(record, (i + shift) % n, [i])]
         rows.append([path.name, run.algo, str(run.config.get("seed", "?")), str(record.get("k", "?")),
                      f"{final:.3f}", f"{len(heard)} of {n}"])
-    if not rows:
-        raise UsageError(f"no run folders under {', '.join(map(str, roots))} (folders holding metrics.csv and "
-                         "config.yaml)")
     return rows
 
 

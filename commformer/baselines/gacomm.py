@@ -26,20 +26,29 @@ from commformer.protocol import PolicyEntry
 
 
 @dataclass
-class GACommConfig(RecurrentConfig):
+class HardGraphConfig(RecurrentConfig):
+    """The key of every method that draws a hard graph per step (GA-Comm, MAGIC)."""
+
+    tau: float = 1.0
+    """temperature of the hard graph's Gumbel-softmax (its gradient only: the forward value is 0 or 1)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_finite("algo.tau", self.tau)
+
+
+@dataclass
+class GACommConfig(HardGraphConfig):
     """GA-Comm's keys (docs/methods/gacomm.md)."""
 
     name: str = "gacomm"
     policy: str = "gacomm"
     key_dim: int = 16
     """width d of the soft attention's queries and keys"""
-    tau: float = 1.0
-    """temperature of the hard attention's Gumbel-softmax (its gradient only: the forward value is 0 or 1)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.key_dim >= 1, f"algo.key_dim={self.key_dim}; must be >= 1")
-        check_positive_finite("algo.tau", self.tau)
 
 
 def pair_features(h: Tensor) -> Tensor:
@@ -60,10 +69,40 @@ def graph_attention(scores: Tensor, hard: Tensor) -> Tensor:
     return masked_softmax(scores, hard.detach() > 0.5) * hard
 
 
-class GACommPolicy(RecurrentPolicy):
-    """Two-stage (hard, then soft) attention communication (docs/methods/gacomm.md)."""
+class HardGraphPolicy(RecurrentPolicy):
+    """What GA-Comm and MAGIC share: a hard graph drawn per step from stored Gumbel noise (straight-through), the
+    graph stored for the message count and the graph history."""
 
     state_names = ("actor",)
+    tau = 1.0
+
+    def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        n = self.n_agents
+        # the noise replays the hard graph; the graph itself is kept for the message count and the graph history
+        return {"noise": ((num_envs, n, n, 2), torch.float32), "graph": ((num_envs, n, n), torch.bool)}
+
+    def draw_graph(self, logits: Tensor, alive: Tensor, choices, generator,
+                   deterministic: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """logits [B,N,N,2] -> (the hard graph [B,N,N] f32, straight-through; the choices to store): the stored noise
+        when replaying, else zero noise (deterministic: the argmax) or a fresh draw from `generator`."""
+        if choices is not None:
+            noise = choices["noise"]
+        elif deterministic:
+            noise = torch.zeros_like(logits)
+        else:
+            noise = gumbel_noise(tuple(logits.shape), generator, logits.device)
+        graph = hard_graph(logits, noise, alive, self.tau)
+        return graph, {"noise": noise, "graph": graph.detach() > 0.5}
+
+    def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return choices["graph"]
+
+    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
+        return count_pairs(stored["graph"])
+
+
+class GACommPolicy(HardGraphPolicy):
+    """Two-stage (hard, then soft) attention communication (docs/methods/gacomm.md)."""
 
     def __init__(self, algo: GACommConfig, spec, seed: int) -> None:
         super().__init__(spec.n_agents, algo.hidden)
@@ -75,33 +114,14 @@ class GACommPolicy(RecurrentPolicy):
         self.query, self.key, self.val = nn.Linear(h, d), nn.Linear(h, d), nn.Linear(h, f)
         self.actor_out, self.critic_out = mlp(h, f, spec.n_actions), mlp(h, f, 1)
 
-    def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        n = self.n_agents
-        # the noise replays the hard graph; the graph itself is kept for the message count and the graph history
-        return {"noise": ((num_envs, n, n, 2), torch.float32), "graph": ((num_envs, n, n), torch.bool)}
-
     def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         e = torch.relu(self.encode(obs))
         h = hidden["actor"]
-        logits = self.hard(pair_features(h))
-        if choices is not None:
-            noise = choices["noise"]
-        elif deterministic:
-            noise = torch.zeros_like(logits)
-        else:
-            noise = gumbel_noise(tuple(logits.shape), generator, logits.device)
-        graph = hard_graph(logits, noise, alive, self.tau)
+        graph, drawn = self.draw_graph(self.hard(pair_features(h)), alive, choices, generator, deterministic)
         q, k = self.query(h), self.key(h)
         w = graph_attention(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), graph)
         h = gru(self.core, e + w @ self.val(h), h)
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h},
-                       {"noise": noise, "graph": graph.detach() > 0.5})
-
-    def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Tensor:
-        return choices["graph"]
-
-    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
-        return count_pairs(stored["graph"])
+        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}, drawn)
 
 
 GACOMM = PolicyEntry(GACommConfig, GACommPolicy)

@@ -19,28 +19,25 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from commformer.baselines.comm_ops import count_pairs, gumbel_noise, hard_edge, heard
-from commformer.baselines.gacomm import graph_attention, pair_features
-from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, gru, mlp
-from commformer.config import check, check_positive_finite
+from commformer.baselines.comm_ops import heard
+from commformer.baselines.gacomm import HardGraphConfig, HardGraphPolicy, graph_attention, pair_features
+from commformer.baselines.recurrent import StepOut, gru, mlp
+from commformer.config import check
 from commformer.protocol import PolicyEntry
 
 
 @dataclass
-class MAGICConfig(RecurrentConfig):
+class MAGICConfig(HardGraphConfig):
     """MAGIC's keys (docs/methods/magic.md)."""
 
     name: str = "magic"
     policy: str = "magic"
     rounds: int = 2
     """graph-attention rounds of the message processor (1 or 2)"""
-    tau: float = 1.0
-    """temperature of the scheduler's Gumbel-softmax (its gradient only: the forward value is 0 or 1)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.rounds in (1, 2), f"algo.rounds={self.rounds}; allowed: 1, 2")
-        check_positive_finite("algo.tau", self.tau)
 
 
 class GAT(nn.Module):
@@ -57,10 +54,8 @@ class GAT(nn.Module):
         return graph_attention(scores, graph) @ wx
 
 
-class MAGICPolicy(RecurrentPolicy):
+class MAGICPolicy(HardGraphPolicy):
     """Scheduler (a hard graph per step) and graph-attention message processor (docs/methods/magic.md)."""
-
-    state_names = ("actor",)
 
     def __init__(self, algo: MAGICConfig, spec, seed: int) -> None:
         super().__init__(spec.n_agents, algo.hidden)
@@ -72,35 +67,18 @@ class MAGICPolicy(RecurrentPolicy):
         self.process = nn.ModuleList([GAT(h, h)] + ([GAT(h, h)] if algo.rounds == 2 else []))
         self.actor_out, self.critic_out = mlp(2 * h, f, spec.n_actions), mlp(2 * h, f, 1)
 
-    def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        n = self.n_agents
-        return {"noise": ((num_envs, n, n, 2), torch.float32), "graph": ((num_envs, n, n), torch.bool)}
-
     def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         h = gru(self.core, torch.relu(self.encode(obs)), hidden["actor"])
         pairs = heard(alive)
         logits = self.sched(pair_features(self.sched_gat(h, pairs.to(h.dtype))))
-        if choices is not None:
-            noise = choices["noise"]
-        elif deterministic:
-            noise = torch.zeros_like(logits)
-        else:
-            noise = gumbel_noise(tuple(logits.shape), generator, logits.device)
-        graph = hard_edge(logits, noise, self.tau) * pairs
+        graph, drawn = self.draw_graph(logits, alive, choices, generator, deterministic)
         m = h
         for i, gat in enumerate(self.process):
             m = gat(m, graph)
             if i == 0:
                 m = nn.functional.elu(m)
         out = torch.cat([h, m], dim=-1)
-        return StepOut(self.actor_out(out), self.critic_out(out).squeeze(-1), {"actor": h},
-                       {"noise": noise, "graph": graph.detach() > 0.5})
-
-    def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Tensor:
-        return choices["graph"]
-
-    def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
-        return count_pairs(stored["graph"])
+        return StepOut(self.actor_out(out), self.critic_out(out).squeeze(-1), {"actor": h}, drawn)
 
 
 MAGIC = PolicyEntry(MAGICConfig, MAGICPolicy)
