@@ -153,3 +153,43 @@ def test_a_real_run_replays_its_choices(tmp_path, name):
     assert messages.shape == ro.alive.shape[:2]
     assert float(messages.max()) <= 6.0
     tr.close()
+
+
+class ScriptedGraphs(torch.nn.Module):
+    """A stand-in with a known per-step graph: step t of an episode acts on graph t % 2 (so the mean is known)."""
+
+    def __init__(self, graphs):
+        super().__init__()
+        self.graphs, self.t = graphs, 0
+
+    def initial_carry(self, b):
+        return None
+
+    def reset_carry(self, carry, starts):
+        return carry
+
+    def messages(self, stored, alive):
+        return torch.zeros(alive.shape[0])
+
+    def act(self, obs, avail, alive, how, generator, deterministic=False, carry=None):
+        from commformer.protocol import ActOut
+
+        b, n = alive.shape
+        g = self.graphs[self.t % 2].expand(b, n, n)
+        self.t += 1
+        z = torch.zeros(b, n)
+        return ActOut(torch.zeros(b, n, dtype=torch.long), z, z, {}, None, graph=g)
+
+
+def test_evaluation_records_the_graphs_mean_over_its_steps():
+    """EvalDetails.graph is the first step's graph, graph_mean the mean over the live steps: graphs A and B alternate
+    every step, and every episode of this seed runs its 4 steps (even), so the mean is (A + B) / 2."""
+    from commformer.training.evaluation import evaluate_with_details
+    from envs.registry import make_env
+
+    env = make_env({**TINY_PP, "episode_limit": 4}, 2, torch.device("cpu"))
+    a = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool)
+    b = torch.tensor([[0, 1, 1], [0, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    _, details = evaluate_with_details(ScriptedGraphs([a, b]), env, 0, torch.device("cpu"), None, episodes=2)
+    assert torch.equal(details.graph, a)
+    assert torch.allclose(details.graph_mean, (a.float() + b.float()) / 2), details.graph_mean
