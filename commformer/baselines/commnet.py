@@ -73,7 +73,7 @@ class CommNetPolicy(RecurrentPolicy):
         h = hidden["actor"]
         for proj in self.project:
             h = gru(self.core, e + proj(mean_of_others(h, alive)), h)
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h})
+        return StepOut(h, h, {"actor": h})
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
         return count_messages(alive)

@@ -121,7 +121,7 @@ class GACommPolicy(HardGraphPolicy):
         q, k = self.query(h), self.key(h)
         w = graph_attention(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), graph)
         h = gru(self.core, e + w @ self.val(h), h)
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}, drawn)
+        return StepOut(h, h, {"actor": h}, drawn)
 
 
 GACOMM = PolicyEntry(GACommConfig, GACommPolicy)

@@ -84,8 +84,7 @@ class IC3NetPolicy(RecurrentPolicy):
         entropy = -(log_p1.exp() * log_p1 + log_p0.exp() * log_p0)
         for proj in self.project:
             h = gru(self.core, e + proj(gated_mean(h, alive, g)), h)
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h}, {"gate": gate},
-                       log_prob, entropy)
+        return StepOut(h, h, {"actor": h}, {"gate": gate}, log_prob, entropy)
 
     def acting_graph(self, choices: dict[str, Tensor], alive: Tensor) -> Tensor:
         return open_pairs(alive, choices["gate"])

@@ -78,7 +78,7 @@ class MAGICPolicy(HardGraphPolicy):
             if i == 0:
                 m = nn.functional.elu(m)
         out = torch.cat([h, m], dim=-1)
-        return StepOut(self.actor_out(out), self.critic_out(out).squeeze(-1), {"actor": h}, drawn)
+        return StepOut(out, out, {"actor": h}, drawn)
 
 
 MAGIC = PolicyEntry(MAGICConfig, MAGICPolicy)

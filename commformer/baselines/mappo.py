@@ -73,7 +73,7 @@ class MAPPOPolicy(RecurrentPolicy):
     def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         ha = gru(self.actor_gru, torch.relu(self.actor_in(obs)), hidden["actor"])
         hc = gru(self.critic_gru, torch.relu(self.critic_in(self.critic_features(obs, state))), hidden["critic"])
-        return StepOut(self.actor_out(ha), self.critic_out(hc).squeeze(-1), {"actor": ha, "critic": hc})
+        return StepOut(ha, hc, {"actor": ha, "critic": hc})
 
 
 class IPPOPolicy(RecurrentPolicy):
@@ -90,7 +90,7 @@ class IPPOPolicy(RecurrentPolicy):
 
     def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
         h = gru(self.core, torch.relu(self.embed(obs)), hidden["actor"])
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h})
+        return StepOut(h, h, {"actor": h})
 
 
 MAPPO = PolicyEntry(MAPPOConfig, MAPPOPolicy)

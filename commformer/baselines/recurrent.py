@@ -1,10 +1,11 @@
 """Recurrent policies on the policy seam (docs/methods/recurrent.md): a per-agent GRU state carried from step to
 step, stored with every rollout step, and replayed over whole rollout columns in the update.
 
-A subclass names its recurrent states (`state_names`, each [B,N,H]) and writes one step:
-`step(obs, alive, state, hidden, choices, generator, deterministic) -> StepOut` (logits [B,N,A], value [B,N], the
-next hidden states, and the step's own random choices: a sender's gate action, a hard graph's Gumbel noise; drawn
-from `generator` when `choices` is None, replayed when given). This base does the rest:
+A subclass names its recurrent states (`state_names`, each [B,N,H]), has two heads `actor_out` (features -> action
+logits) and `critic_out` (features -> value), and writes one step:
+`step(obs, alive, state, hidden, choices, generator, deterministic) -> StepOut` (what each head reads, the next
+hidden states, and the step's own random choices: a sender's gate action, a hard graph's Gumbel noise; drawn from
+`generator` when `choices` is None, replayed when given). This base does the rest:
 
 - carry: {name: [B,N,H] f32 for each state, "start": [B] bool}; `reset_carry` zeroes the states of the envs whose
   episode starts and marks them; the states of dead agents are zeroed after each step (a dead agent's state then
@@ -58,14 +59,18 @@ class RecurrentConfig(AlgoConfig):
 
 @dataclass
 class StepOut:
-    """One step of a recurrent policy for B envs."""
+    """One step of a recurrent policy for B envs. The heads (`actor_out`, `critic_out`) are applied by the base, per
+    step when acting and once over all T steps in the update (they hold no state, so batching them over time is
+    exact up to rounding and leaves only the recurrent core in the sequential loop)."""
 
-    logits: Tensor  # [B,N,A] before masking
-    value: Tensor  # [B,N]
+    actor_in: Tensor  # [B,N,F] what the policy head reads
+    critic_in: Tensor  # [B,N,F'] what the value head reads
     hidden: dict[str, Tensor]  # next states {name: [B,N,H]}
     choices: dict[str, Tensor] = field(default_factory=dict)  # the step's random choices, per env ([B,...] each)
     choice_log_prob: Optional[Tensor] = None  # [B,N]: log-probability of the choices that are actions
     choice_entropy: Optional[Tensor] = None  # [B,N]
+    logits: Optional[Tensor] = None  # [B,N,A] before masking, filled by RecurrentPolicy.heads
+    value: Optional[Tensor] = None  # [B,N]
 
 
 def masked_logits(logits: Tensor, avail: Tensor) -> Tensor:
@@ -142,13 +147,19 @@ class RecurrentPolicy(PolicyBase):
         out.update(self.choice_storage(num_envs))
         return out
 
+    def heads(self, actor_in: Tensor, critic_in: Tensor) -> tuple[Tensor, Tensor]:
+        """[...,F], [...,F'] -> (logits [...,A] before masking, value [...])."""
+        return self.actor_out(actor_in), self.critic_out(critic_in).squeeze(-1)
+
     def _advance(self, obs: Tensor, alive: Tensor, state: Optional[Tensor], hidden: dict[str, Tensor],
                  choices: Optional[dict[str, Tensor]] = None, generator: Optional[torch.Generator] = None,
-                 deterministic: bool = True) -> StepOut:
-        """step() with dead agents' next states zeroed."""
+                 deterministic: bool = True, with_heads: bool = True) -> StepOut:
+        """step() with dead agents' next states zeroed (and the heads applied, unless with_heads is False)."""
         out = self.step(obs, alive, state, hidden, choices, generator, deterministic)
-        keep = alive[..., None].to(out.logits.dtype)
+        keep = alive[..., None].to(out.actor_in.dtype)
         out.hidden = {n: h * keep for n, h in out.hidden.items()}
+        if with_heads:
+            out.logits, out.value = self.heads(out.actor_in, out.critic_in)
         return out
 
     # ---- acting ----------------------------------------------------------------------------------------------------
@@ -186,28 +197,31 @@ class RecurrentPolicy(PolicyBase):
 
     # ---- the update ------------------------------------------------------------------------------------------------
     def score(self, batch: dict[str, Any], phase: str, upper: bool, relax: bool) -> Scored:
-        """Replay each env column [T,B',...] from its stored states at the first step, with the stored choices;
-        log-probs, entropies and values [T,B',N]."""
+        """Replay each env column [T,B',...] from its stored states at the first step, with the stored choices (the
+        recurrent core step by step, the heads once over all steps); log-probs, entropies and values [T,B',N]."""
         obs, alive, avail, start = batch["obs"], batch["alive"], batch["avail"], batch["start"]
         state = batch.get("state")
         names = list(self.choice_storage(1))
         hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
-        logps, ents, values = [], [], []
+        actor_in, critic_in, choice_lp, choice_ent = [], [], [], []
         for t in range(obs.shape[0]):
             if t > 0:  # a new episode starts from zero states (the stored ones are zero there too)
                 hidden = {n: torch.where(start[t][:, None, None], batch[f"h_{n}"][t], h) for n, h in hidden.items()}
             out = self._advance(obs[t], alive[t], None if state is None else state[t], hidden,
-                                {k: batch[k][t] for k in names})
+                                {k: batch[k][t] for k in names}, with_heads=False)
             hidden = out.hidden
-            logp_all = torch.log_softmax(masked_logits(out.logits, avail[t]), dim=-1)
-            logp = logp_all.gather(-1, batch["actions"][t][..., None]).squeeze(-1)
-            ent = -(logp_all.exp() * logp_all).sum(-1)
+            actor_in.append(out.actor_in)
+            critic_in.append(out.critic_in)
             if out.choice_log_prob is not None:
-                logp, ent = logp + out.choice_log_prob, ent + out.choice_entropy
-            logps.append(logp)
-            ents.append(ent)
-            values.append(out.value)
-        return Scored(torch.stack(logps), torch.stack(ents), torch.stack(values))
+                choice_lp.append(out.choice_log_prob)
+                choice_ent.append(out.choice_entropy)
+        logits, value = self.heads(torch.stack(actor_in), torch.stack(critic_in))
+        logp_all = torch.log_softmax(masked_logits(logits, avail), dim=-1)
+        logp = logp_all.gather(-1, batch["actions"][..., None]).squeeze(-1)
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+        if choice_lp:
+            logp, ent = logp + torch.stack(choice_lp), ent + torch.stack(choice_ent)
+        return Scored(logp, ent, value)
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
         return torch.zeros(alive.shape[:-1], device=alive.device)

@@ -68,7 +68,7 @@ class TarMACPolicy(RecurrentPolicy):
         mask = heard(alive)
         for q, k, v in zip(self.query, self.key, self.val):
             h = gru(self.core, e + attention_weights(q(h), k(h), mask) @ v(h), h)
-        return StepOut(self.actor_out(h), self.critic_out(h).squeeze(-1), {"actor": h})
+        return StepOut(h, h, {"actor": h})
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
         shape = alive.shape
