@@ -43,3 +43,16 @@ def hard_edge(logits: Tensor, noise: Tensor, tau: float) -> Tensor:
 def count_pairs(mask: Tensor) -> Tensor:
     """[...,N,N] bool (receiver, sender) -> [...] f32: the messages of a step (a receiver hearing a sender is one)."""
     return mask.flatten(-2).sum(-1).to(torch.float32)
+
+
+def mean_of_others(h: Tensor, alive: Tensor) -> Tensor:
+    """h [B,N,H], alive [B,N] bool -> [B,N,H]: for receiver i the mean of h_j over the alive j != i (0 for a dead
+    receiver or when no other agent is alive)."""
+    w = heard(alive).to(h.dtype)
+    return (w @ h) / w.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+def count_messages(alive: Tensor) -> Tensor:
+    """[...,N] bool -> [...] f32: the (receiver, sender) pairs of alive agents, i != j."""
+    n = alive.sum(-1).to(torch.float32)
+    return n * (n - 1).clamp(min=0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from commformer.baselines.comm_ops import count_messages, mean_of_others
 from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, gru, mlp
 from commformer.config import check
 from commformer.protocol import PolicyEntry
@@ -33,26 +34,6 @@ class CommNetConfig(RecurrentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.rounds >= 1, f"algo.rounds={self.rounds}; must be >= 1")
-
-
-def heard(alive: Tensor) -> Tensor:
-    """[B,N] bool -> [B,N,N] bool (receiver i, sender j): i and j alive, j != i."""
-    N = alive.shape[-1]
-    off = ~torch.eye(N, dtype=torch.bool, device=alive.device)
-    return alive[:, :, None] & alive[:, None, :] & off
-
-
-def mean_of_others(h: Tensor, alive: Tensor) -> Tensor:
-    """h [B,N,H], alive [B,N] bool -> [B,N,H]: for receiver i the mean of h_j over the alive j != i (0 for a dead
-    receiver or when no other agent is alive)."""
-    w = heard(alive).to(h.dtype)
-    return (w @ h) / w.sum(-1, keepdim=True).clamp(min=1.0)
-
-
-def count_messages(alive: Tensor) -> Tensor:
-    """[...,N] bool -> [...] f32: the (receiver, sender) pairs of alive agents, i != j."""
-    n = alive.sum(-1).to(torch.float32)
-    return n * (n - 1).clamp(min=0)
 
 
 class CommNetPolicy(RecurrentPolicy):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from commformer.baselines.comm_ops import count_pairs, heard, masked_softmax
+from commformer.baselines.comm_ops import count_messages, heard, masked_softmax
 from commformer.baselines.recurrent import RecurrentConfig, RecurrentPolicy, StepOut, gru, mlp
 from commformer.config import check
 from commformer.protocol import PolicyEntry
@@ -71,8 +71,7 @@ class TarMACPolicy(RecurrentPolicy):
         return StepOut(h, h, {"actor": h})
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
-        shape = alive.shape
-        return count_pairs(heard(alive.reshape(-1, shape[-1]))).view(shape[:-1])
+        return count_messages(alive)
 
 
 TARMAC = PolicyEntry(TarMACConfig, TarMACPolicy)
