@@ -36,10 +36,11 @@ STUDIES = {
               "600000"),
     "signal8": ({"algo": ["commformer", "random"], "algo.sparsity": ["0.125", "0.4"], "seed": list("12345")},
                 "signal8", "32000"),
-    "matched_pp_medium": ({"algo": ["commformer", "random"], "algo.sparsity": ["0.2", "0.4"], "seed": list("123")},
+    "matched_pp_medium": ({"algo": ["commformer", "random"], "algo.sparsity": ["0.2", "0.4"], "algo.warmup_iters": ["0"],
+                           "seed": list("123")},
                           "pp_medium", "1000000"),
     "methods_pp_medium": ({"algo": ["commformer", "full", "nocomm", "random", "mappo", "ippo", "commnet", "ic3net",
-                                    "tarmac", "gacomm", "magic"], "algo.warmup_iters": ["0"], "seed": list("12345")},
+                                    "tarmac", "gacomm", "magic"], "algo.warmup_iters": ["0"], "seed": list("123")},
                           "pp_medium", "1000000"),
 }
 

@@ -105,11 +105,14 @@ TRAIN_ROWS = [  # (label, overrides)
     ("pcp (B=32, T=40)", ["env=pcp"]),
     ("mpe_simple_spread (B=32, T=40, 2 workers)", ["env=mpe_simple_spread"]),
     ("smax_3m (B=32, T=40)", ["env=smax_3m", "num_envs=32", "rollout_length=40", "algo.minibatches=1"]),
-] + [  # the baselines on the default run's batch (docs/methods/), and MAPPO on smax_3m beside commformer's row
+] + [  # the baselines on the default run's batch (docs/methods/), the recurrent baselines on smax_3m below
     (f"{name} (pp, B=32, T=40, 10 epochs)", [f"algo={name}"])
     for name in ("mappo", "ippo", "commnet", "ic3net", "tarmac", "gacomm", "magic")
-] + [("mappo, smax_3m (B=32, T=40)", ["algo=mappo", "env=smax_3m", "num_envs=32", "rollout_length=40",
-                                      "algo.minibatches=1"])]
+] + [  # the recurrent baselines on smax_3m, beside commformer's smax_3m row
+    (f"{name}, smax_3m (B=32, T=40)", [f"algo={name}", "env=smax_3m", "num_envs=32", "rollout_length=40",
+                                       "algo.minibatches=1"])
+    for name in ("mappo", "ippo", "commnet")
+]
 
 
 def family_available(name: str) -> bool:
