@@ -200,3 +200,16 @@ def test_alpha_grads_are_recorded_at_evaluations_and_plotted(tmp_path):
     assert len(g) == 4 and all(g[i][i] == 0 for i in range(4)) and any(g[i][j] != 0 for i in range(4) for j in range(4))
     paths = plot_graph_main([str(run_dir), "--out", str(tmp_path / "pics")])
     assert [p.name for p in paths] == ["alpha_heatmaps.png", "graph.png", "alpha_grads.png"]
+
+
+def test_a_policy_without_commformers_graph_records_per_step_or_none():
+    """A recurrent communication method (no comm_graph, but an acting graph per step) is recorded as mode per_step
+    with its graph mean; a policy that reports no graph at all (MAPPO) as none; CommFormer's own mode is kept."""
+    from commformer.training.evaluation import EvalDetails
+    from commformer.training.graph_history import graph_record
+
+    g = torch.tensor([[0, 1], [0, 0]], dtype=torch.bool)
+    rec = graph_record(None, EvalDetails(g, None, g.float() / 2), {}, 3, 30, None)
+    assert rec["mode"] == rec["graph_choice"] == "per_step" and rec["graph_mean"] == [[0.0, 0.5], [0.0, 0.0]]
+    rec = graph_record(None, EvalDetails(None, None), {}, 3, 30, None)
+    assert rec["mode"] == rec["graph_choice"] == "none" and rec["graph"] is None

@@ -3,8 +3,10 @@
 Each record (N agents; lists are receiver-major: row i = receiver i, column j = sender j):
     iteration        int, the iteration the evaluation followed (0: before training, eval_at_start)
     env_steps        int, env steps trained by then
-    mode             str, algo.graph (learned | full | none | random)
-    graph_choice     str, how evaluation picked the graph (deterministic, or full during warmup)
+    mode             str, algo.graph (learned | full | none | random) for CommFormer's graph; per_step for a policy
+                     without one whose evaluation still reports the graph it acted on (the recurrent communication
+                     methods: the graph of their messages at each step); none where no graph is reported
+    graph_choice     str, how evaluation picked the graph (deterministic, or full during warmup; per_step as above)
     k                int, senders each receiver keeps besides itself
     alpha            [N][N] float, the graph logits at that time (null for graphs without alpha)
     graph            [N][N] 0/1, the acting graph of the evaluation (its first step)
@@ -56,9 +58,11 @@ def graph_record(graph: Any, details: EvalDetails, metrics: Mapping[str, float],
     with mode, k, learned, alpha and margins(); None for a policy without one), the evaluation's EvalDetails and its
     metrics (for comm/eval_messages_per_step)."""
     margins = graph.margins() if graph is not None else torch.full((1,), float("nan"))
+    mode = graph.mode if graph is not None else ("none" if details.graph is None else "per_step")
     return {
-        "iteration": int(iteration), "env_steps": int(env_steps), "mode": "none" if graph is None else graph.mode,
-        "graph_choice": choice_name(how), "k": 0 if graph is None else int(graph.k),
+        "iteration": int(iteration), "env_steps": int(env_steps), "mode": mode,
+        "graph_choice": choice_name(how) if graph is not None or how is not None else mode,
+        "k": 0 if graph is None else int(graph.k),
         "alpha": graph.alpha.detach().cpu().tolist() if graph is not None and graph.learned else None,
         "graph": None if details.graph is None else details.graph.int().tolist(),
         "graph_mean": None if details.graph_mean is None else [[round(float(x), 4) for x in row]
