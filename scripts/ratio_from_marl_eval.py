@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Compare two groups of runs from a study's marl-eval JSON (the `--json` / `--out-dir` output of scripts/report.py):
 `python scripts/ratio_from_marl_eval.py docs/results/c1c3_pp_easy/marl_eval.json commformer full [--metric success]
-[--threshold 0.95] [--episodes 100]` (`--help` for all options).
+[--threshold 0.95] [--episodes 100]` (`--help` for all options). With `--evaluations X.json Y.json` instead, each group
+is the checkpoints of one `scripts/evaluate.py --out X.json` (the paired re-evaluation: the same --seed and --episodes
+for both files), named by the file's stem.
 
 For each run it takes the final evaluation (the run's `absolute_metrics`, else its last `step_k`) and prints, with
 commformer.analysis.stats: each group's final values and IQM, IQM(X) / IQM(Y) with its 95% percentile bootstrap
@@ -55,6 +57,26 @@ def group_values(data: Mapping[str, Any], algo: str, metric: str, task: str | No
     return name, values  # type: ignore[return-value]
 
 
+def evaluation_values(path: Path, metric: str) -> list[float]:
+    """The per-checkpoint means of `metric` in one scripts/evaluate.py JSON (its "results" list), in file order;
+    UsageError (one line) when the file is not one or a checkpoint lacks the metric."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{str(path)!r} cannot be read as JSON: {getattr(e, 'strerror', None) or e}") from None
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list) or not results:
+        raise UsageError(f"{str(path)!r} is not a scripts/evaluate.py --out JSON (a non-empty \"results\" list)")
+    values = []
+    for r in results:
+        m = r.get("metrics", {}).get(metric)
+        if m is None:
+            raise UsageError(f"--metric={metric!r}: not in {str(path)!r} for {r.get('checkpoint')!r}; allowed: "
+                             f"{', '.join(sorted(r.get('metrics', {}))) or 'none'}")
+        values.append(float(m["mean"]))
+    return values
+
+
 def verdict(ci: Sequence[float], threshold: float) -> str:
     """holds (low end >= threshold), does not hold (high end < threshold), else undecided."""
     if ci[0] >= threshold:
@@ -91,9 +113,13 @@ def parser() -> OneLineParser:
     p = OneLineParser(prog="ratio_from_marl_eval.py",
                       description="IQM(X) / IQM(Y) and P(X > Y), each with a 95%% bootstrap interval (both groups "
                                   "resampled), from the runs' final values in a marl-eval JSON.")
-    p.add_argument("json", metavar="MARL_EVAL_JSON", help="a study's marl_eval.json (scripts/report.py --json)")
-    p.add_argument("x", metavar="X", help="algo label of the first group (as in the JSON, e.g. commformer)")
-    p.add_argument("y", metavar="Y", help="algo label of the second group")
+    p.add_argument("json", metavar="MARL_EVAL_JSON", nargs="?",
+                   help="a study's marl_eval.json (scripts/report.py --json)")
+    p.add_argument("x", metavar="X", nargs="?", help="algo label of the first group (as in the JSON, e.g. commformer)")
+    p.add_argument("y", metavar="Y", nargs="?", help="algo label of the second group")
+    p.add_argument("--evaluations", nargs=2, metavar=("X.json", "Y.json"), default=None,
+                   help="instead of the three above: two scripts/evaluate.py --out JSON files, one per group (each "
+                        "checkpoint's mean of --metric; the group is named by the file's stem)")
     p.add_argument("--metric", default="success", help="the metric (default success)")
     p.add_argument("--task", default=None, help="the task, when the JSON holds several with both labels")
     p.add_argument("--threshold", type=float, default=None,
@@ -108,6 +134,18 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     args = guarded(lambda: parser().parse_args(argv))
 
     def run() -> list[str]:
+        if args.evaluations is not None:
+            if args.json is not None:
+                raise UsageError(f"--evaluations and {args.json!r} given together; allowed: a marl-eval JSON with X "
+                                 f"and Y, or --evaluations X.json Y.json")
+            fx, fy = (Path(f) for f in args.evaluations)
+            x, y = evaluation_values(fx, args.metric), evaluation_values(fy, args.metric)
+            lines = [f"{fx} against {fy} ({args.metric}, each checkpoint's re-evaluation)"]
+            lines += compare_lines(fx.stem, x, fy.stem, y, args.n_boot, args.threshold, args.episodes)
+            sys.stdout.write("\n".join(lines) + "\n")
+            return lines
+        if args.json is None or args.y is None:
+            raise UsageError("give MARL_EVAL_JSON X Y, or --evaluations X.json Y.json")
         path = Path(args.json)
         try:
             data = json.loads(path.read_text())

@@ -67,3 +67,27 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
     path = write_json(tmp_path, {"a": [0.5, 0.6], "b": [0.4, 0.5]})
     done = subprocess.run([sys.executable, str(SCRIPT), str(path), *args], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == "" and done.stderr == message
+
+
+def write_evaluations(path, rates):
+    """A scripts/evaluate.py --out JSON with one checkpoint per rate (only the fields the script reads)."""
+    results = [{"checkpoint": f"run{i}/checkpoints/last.pt", "metrics": {"success": {"n": 500, "mean": r}}}
+               for i, r in enumerate(rates)]
+    path.write_text(json.dumps({"results": results}))
+    return path
+
+
+def test_evaluations_mode_compares_two_evaluate_outputs(tmp_path):
+    """--evaluations X.json Y.json: each file's checkpoints are one group, named by the file's stem; the ratio of
+    constant groups is exact and the verdict follows the threshold; a file without the metric is one error line."""
+    x = write_evaluations(tmp_path / "learned.json", [0.9, 0.9, 0.9])
+    y = write_evaluations(tmp_path / "random.json", [0.3, 0.3, 0.3])
+    lines = load_script().main(["--evaluations", str(x), str(y), "--threshold", "0.95"])
+    assert lines[1].startswith("learned: 3 runs, final 0.9 0.9 0.9; IQM 0.9")
+    assert lines[3].startswith("IQM(learned) / IQM(random) = 3 [3, 3]")
+    assert lines[4] == "IQM(learned) >= 0.95 x IQM(random): holds"
+    lines = load_script().main(["--evaluations", str(y), str(x), "--threshold", "0.95"])
+    assert lines[4] == "IQM(random) >= 0.95 x IQM(learned): does not hold"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--evaluations", str(x), str(y), "--metric", "won"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "'won'" in r.stderr and "success" in r.stderr
