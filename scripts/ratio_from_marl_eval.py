@@ -57,13 +57,18 @@ def group_values(data: Mapping[str, Any], algo: str, metric: str, task: str | No
     return name, values  # type: ignore[return-value]
 
 
+def read_json(path: Path) -> Any:
+    """The parsed JSON file; UsageError (one line) when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{str(path)!r} cannot be read as JSON: {getattr(e, 'strerror', None) or e}") from None
+
+
 def evaluation_values(path: Path, metric: str) -> list[float]:
     """The per-checkpoint means of `metric` in one scripts/evaluate.py JSON (its "results" list), in file order;
     UsageError (one line) when the file is not one or a checkpoint lacks the metric."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{str(path)!r} cannot be read as JSON: {getattr(e, 'strerror', None) or e}") from None
+    data = read_json(path)
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, list) or not results:
         raise UsageError(f"{str(path)!r} is not a scripts/evaluate.py --out JSON (a non-empty \"results\" list)")
@@ -147,10 +152,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         if args.json is None or args.y is None:
             raise UsageError("give MARL_EVAL_JSON X Y, or --evaluations X.json Y.json")
         path = Path(args.json)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{str(path)!r} cannot be read as JSON: {getattr(e, 'strerror', None) or e}") from None
+        data = read_json(path)
         if not isinstance(data, dict) or not all(isinstance(f, dict) for f in data.values()):
             raise UsageError(f"{str(path)!r} is not marl-eval's layout (env family -> task -> algo -> run)")
         task_x, x = group_values(data, args.x, args.metric, args.task)

@@ -61,7 +61,7 @@ def graph_record(graph: Any, details: EvalDetails, metrics: Mapping[str, float],
     mode = graph.mode if graph is not None else ("none" if details.graph is None else "per_step")
     return {
         "iteration": int(iteration), "env_steps": int(env_steps), "mode": mode,
-        "graph_choice": choice_name(how) if graph is not None or how is not None else mode,
+        "graph_choice": mode if how is None else choice_name(how),
         "k": 0 if graph is None else int(graph.k),
         "alpha": graph.alpha.detach().cpu().tolist() if graph is not None and graph.learned else None,
         "graph": None if details.graph is None else details.graph.int().tolist(),
