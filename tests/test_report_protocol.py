@@ -58,7 +58,7 @@ def test_groups_split_by_every_differing_key_labelled_by_what_sets_them_apart(sp
     assert [r["messages"] for r in rows] == pytest.approx([1.5, 3.0, 6.0])
     text = capsys.readouterr().out
     assert "| pp | commformer algo.sparsity=0.2 | eval/success | 3 | 0.3 | " in text
-    assert "| 200 | 6 [6, 6] | fewer than 5 seeds |" in text  # messages per step beside the numbers
+    assert "| 200 | 6 [6, 6] | - | fewer than 5 seeds |" in text  # messages per step beside the numbers
     # every pair of the env, X the one with the higher IQM: full (0.767) > S=0.4 (0.733) > S=0.2 (0.3)
     comps = [(c["x"], c["y"]) for c in rows[0]["comparisons"] + rows[2]["comparisons"]]
     assert ("commformer algo.sparsity=0.4", "commformer algo.sparsity=0.2") in comps
@@ -116,3 +116,28 @@ def test_merge_pools_a_key_and_groups_sort_by_env_then_label(tmp_path):
     assert [g.label for g in group_runs(runs)] == ["commformer algo.lr=0.001", "commformer algo.lr=0.002"]
     (merged,) = group_runs(runs, merge=["algo.lr"])
     assert merged.label == "commformer" and [r.seed for r in merged.runs] == [1, 2]
+
+
+def test_env_steps_per_second_is_the_median_per_run_then_the_iqm_over_runs(tmp_path, capsys):
+    """The speed column: each run's median over iterations of perf/env_steps_per_s (one slow iteration does not move
+    it), the IQM over runs in the summary; '-' for a group whose runs do not log it."""
+    speeds = {1: [100.0, 1000.0, 1100.0, 1200.0, 50.0], 2: [2000.0, 2100.0, 2200.0], 3: [3000.0, 10.0, 3100.0]}
+    for seed, values in speeds.items():
+        folder = write_run(tmp_path / f"ic3net_{seed}", "ic3net", seed, [(100, 0.5, 2.0)])
+        rows = list(csv.DictReader((folder / "metrics.csv").open()))
+        with (folder / "metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["perf/env_steps_per_s"])
+            w.writeheader()
+            for i, v in enumerate(values):
+                w.writerow({**(rows[i] if i < len(rows) else {"iteration": 10 + i, "env_steps": 100}),
+                            "perf/env_steps_per_s": v})
+    write_run(tmp_path / "nocomm_1", "nocomm", 1, [(100, 0.5, 0.0)])
+    rows = report_main([str(tmp_path), "--per-run"])
+    ic3net, nocomm = rows
+    assert [p["throughput"] for p in ic3net["per_run"]] == [1000.0, 2100.0, 3000.0]
+    assert ic3net["throughput"] == pytest.approx(6100.0 / 3)  # the IQM of 3 runs drops none: their mean
+    assert nocomm["throughput"] is None and nocomm["per_run"][0]["throughput"] is None
+    text = capsys.readouterr().out
+    assert "| 2,033 |" in text and "| 1,000 |" in text and "| 2,100 |" in text
+    nocomm_line = next(line for line in text.splitlines() if line.startswith("| pp | nocomm | eval/success | 1 |"))
+    assert "| - |" in nocomm_line

@@ -8,13 +8,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from commformer.analysis import stats
-from commformer.analysis.protocol import MESSAGES, MIN_SEEDS, RATE_METRICS, RUN_ONLY_KEYS
+from commformer.analysis.protocol import MESSAGES, MIN_SEEDS, RATE_METRICS, RUN_ONLY_KEYS, THROUGHPUT
 from commformer.analysis.runs import Run, final_row, number
 from commformer.analysis.tables import BOOT_SEED, CONFIDENCE, fmt, fmt_ci, md_table
 
 
 def _messages_cell(value: float | None, ci: Sequence[float] | None) -> str:
     return "" if value is None else f"{fmt(value)} {fmt_ci(ci)}" if ci is not None else fmt(value)
+
+
+def _speed_cell(value: float | None) -> str:
+    """Env steps per second as an integer with thousands separators ('-' when not logged)."""
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def run_interval(metric: str, p: Mapping[str, Any]) -> tuple[int, int, tuple[float, float]] | None:
@@ -32,19 +37,22 @@ def run_interval(metric: str, p: Mapping[str, Any]) -> tuple[int, int, tuple[flo
 def results_markdown(rows: Sequence[Mapping[str, Any]], n_boot: int) -> str:
     """The results table (one row per group; msgs/step beside the numbers) and a paragraph stating the protocol."""
     lines = [
-        "| env | algo | metric | seeds | IQM | 95% CI | mean | env steps | msgs/step [95% CI] | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| env | algo | metric | seeds | IQM | 95% CI | mean | env steps | msgs/step [95% CI] | env steps/s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['env']} | {r.get('label', r['algo'])} | {r['metric']} | {r['seeds']} | {fmt(r['iqm'])} | "
                      f"{fmt_ci(r['iqm_ci'])} | {fmt(r['mean'])} | {r['env_steps']} | "
-                     f"{_messages_cell(r.get('messages'), r.get('messages_ci'))} | {'; '.join(r['notes'])} |")
+                     f"{_messages_cell(r.get('messages'), r.get('messages_ci'))} | {_speed_cell(r.get('throughput'))} | "
+                     f"{'; '.join(r['notes'])} |")
     lines += ["", f"Each run's final evaluation; IQM over runs (drop floor(n/4) at each end) with a "
                   f"{CONFIDENCE:.0%} percentile bootstrap interval over runs ({n_boot} resamples, seed {BOOT_SEED}). "
                   f"The field's protocol asks for >= {MIN_SEEDS} seeds, 10 preferred. A group is the runs whose "
                   f"configs agree on every key but {', '.join(RUN_ONLY_KEYS)}; keys that set groups of one env and "
                   f"algo apart follow the algo's name; each seed counts once (its latest run). msgs/step: "
-                  f"{MESSAGES} at the same evaluation, IQM over runs."]
+                  f"{MESSAGES} at the same evaluation, IQM over runs. env steps/s: the median over each run's "
+                  f"iterations of {THROUGHPUT} (wall clock, end to end), IQM over runs; with one torch thread and "
+                  f"one run per free core it is env steps per CPU-second, under other load it is not."]
     return "\n".join(lines) + "\n"
 
 
@@ -76,11 +84,12 @@ def per_run_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             body.append([r["env"], r["label"], str(p["seed"]), str(p["env_steps"]), r["metric"], fmt(p["value"]),
                          "" if interval is None else f"{interval[0]}/{interval[1]}",
                          "" if interval is None else fmt_ci(interval[2]),
-                         "" if p["messages"] is None else fmt(p["messages"]), p["run"]])
+                         "" if p["messages"] is None else fmt(p["messages"]), _speed_cell(p.get("throughput")),
+                         p["run"]])
     if not body:
         return ""
     table = md_table(["env", "algo", "seed", "env steps", "metric", "final", "successes", "95% CI (Wilson)",
-                      "msgs/step", "run"], body)
+                      "msgs/step", "env steps/s", "run"], body)
     return (f"### Per run\n\n{table}\n\nSuccess / won rates: Wilson score interval ({CONFIDENCE:.0%}) over the "
             "episodes of the run's final evaluation.\n")
 

@@ -38,6 +38,8 @@ RUN_ONLY_KEYS = ("seed", "run_dir", "resume", "device", "torch_threads", "eval_e
                  "checkpoint_every", "logger")
 # logged at every evaluation: messages sent per env step under the evaluation's graph and gate
 MESSAGES = "comm/eval_messages_per_step"
+# end-to-end training speed of one iteration (wall clock), logged by every run
+THROUGHPUT = "perf/env_steps_per_s"
 # episodes of an evaluation (the n of a success rate's binomial interval)
 EPISODES = "eval/episodes"
 # metrics that are a rate of 0/1 episode outcomes
@@ -139,6 +141,13 @@ def _iqm_and_ci(values: Sequence[float], n_boot: int) -> tuple[float, list[float
     return stats.iqm(values), list(stats.bootstrap_ci(values, stats.iqm, n_boot, CONFIDENCE, BOOT_SEED))
 
 
+def median_throughput(rows: Sequence[Mapping[str, str]]) -> float | None:
+    """The median over a run's iterations of its logged env steps per second (THROUGHPUT); None when none is
+    logged. The median, not the mean: one iteration slowed by an evaluation or a checkpoint does not move it."""
+    values = [v for row in rows if (v := number(row.get(THROUGHPUT))) is not None and np.isfinite(v)]
+    return float(np.median(values)) if values else None
+
+
 def summarise_group(group: Group, requested: str | None, n_boot: int = N_BOOT,
                     skipped: list[str] | None = None) -> dict[str, Any] | None:
     """The report row of one group: its runs' final values of the metric, their IQM with a 95% bootstrap interval,
@@ -158,7 +167,8 @@ def summarise_group(group: Group, requested: str | None, n_boot: int = N_BOOT,
         steps, episodes = number(row.get("env_steps")), number(row.get(EPISODES))
         per_run.append({"seed": r.seed, "value": number(row.get(metric)), "env_steps": int(steps or -1),
                         "episodes": None if episodes is None else int(episodes),
-                        "messages": number(row.get(MESSAGES)), "run": str(r.path)})
+                        "messages": number(row.get(MESSAGES)), "throughput": median_throughput(r.rows),
+                        "run": str(r.path)})
     if not per_run:
         note(f"{where}: no run logs {metric}; skipped")
         return None
@@ -179,11 +189,13 @@ def summarise_group(group: Group, requested: str | None, n_boot: int = N_BOOT,
     messages = [p["messages"] for p in per_run if p["messages"] is not None]
     iqm, ci = _iqm_and_ci(values, n_boot)
     m_iqm, m_ci = _iqm_and_ci(messages, n_boot) if messages else (None, None)
+    speeds = [p["throughput"] for p in per_run if p["throughput"] is not None]
     return {
         "env": group.env, "algo": group.algo, "label": group.label, "keys": dict(group.keys),
         "family": group.family, "metric": metric, "seeds": len(per_run), "iqm": iqm, "iqm_ci": ci,
         "mean": stats.mean(values), "env_steps": _steps_text([p["env_steps"] for p in per_run]),
-        "messages": m_iqm, "messages_ci": m_ci, "values": values, "runs": [p["run"] for p in per_run],
+        "messages": m_iqm, "messages_ci": m_ci, "throughput": float(stats.iqm(speeds)) if speeds else None,
+        "values": values, "runs": [p["run"] for p in per_run],
         "per_run": per_run, "notes": notes,
     }
 
