@@ -223,3 +223,35 @@ def test_a_recurrent_baseline_takes_only_a_zero_warm_up():
     assert IPPOConfig(warmup_iters=0).warmup_iters == 0  # one study can give every arm algo.warmup_iters=0
     with pytest.raises(ConfigError, match=r"algo.warmup_iters=3; ippo has no warm-up phase"):
         IPPOConfig(warmup_iters=3)
+
+
+@pytest.mark.parametrize("algo", ["mappo", "ippo", "magic"])
+def test_a_split_step_replays_as_the_sequential_loop(tmp_path, algo):
+    """MAPPO, IPPO and MAGIC's cores read no message: the update runs only the GRU step by step and the rest once over
+    all T steps. On a real rollout (episodes crossing its start, dead agents none on pp) it scores the same log-probs,
+    entropies and values as the step-by-step loop of the same policy, and the same gradient; the control, the split
+    replay from zero states, does not."""
+    tr = Trainer(tiny(tmp_path, algo), tmp_path)
+    tr.train()
+    ro = tr.collector.collect(tr.policy, tr.policy.acting("fixed", False), lambda x: x)
+    batch = rows(ro, None, sequences=True)
+    assert tr.policy.splits_recurrence and not bool(batch["start"][0].all())
+
+    def scored(b, split):
+        tr.policy.splits_recurrence = split
+        tr.policy.zero_grad()
+        out = tr.policy.score(b, "fixed", False, False)
+        (out.log_prob.sum() + out.value.sum()).backward()
+        grads = [p.grad.clone() for p in tr.policy.parameters() if p.grad is not None]
+        return out, grads
+
+    split, g_split = scored(batch, True)
+    loop, g_loop = scored(batch, False)
+    for a, b in [(split.log_prob, loop.log_prob), (split.entropy, loop.entropy), (split.value, loop.value)]:
+        assert torch.allclose(a, b, atol=1e-5)
+    assert len(g_split) == len(g_loop) and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_split, g_loop))
+    zeroed = dict(batch, **{k: torch.zeros_like(v) for k, v in batch.items() if k.startswith("h_")})
+    control, _ = scored(zeroed, True)
+    assert float((control.log_prob - loop.log_prob).detach().abs().max()) > 1e-2
+    tr.policy.splits_recurrence = True
+    tr.close()

@@ -67,8 +67,16 @@ class MAGICPolicy(HardGraphPolicy):
         self.process = nn.ModuleList([GAT(h, h)] + ([GAT(h, h)] if algo.rounds == 2 else []))
         self.actor_out, self.critic_out = mlp(2 * h, f, spec.n_actions), mlp(2 * h, f, 1)
 
-    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
-        h = gru(self.core, torch.relu(self.encode(obs)), hidden["actor"])
+    splits_recurrence = True  # the core reads the observation only; the messages feed the heads
+
+    def core_inputs(self, obs, alive, state) -> dict[str, Tensor]:
+        return {"actor": torch.relu(self.encode(obs))}
+
+    def recur(self, x, hidden) -> dict[str, Tensor]:
+        return {"actor": gru(self.core, x["actor"], hidden["actor"])}
+
+    def read(self, obs, alive, state, nxt, choices, generator, deterministic) -> StepOut:
+        h = nxt["actor"]
         pairs = heard(alive)
         logits = self.sched(pair_features(self.sched_gat(h, pairs.to(h.dtype))))
         graph, drawn = self.draw_graph(logits, alive, choices, generator, deterministic)
@@ -78,7 +86,7 @@ class MAGICPolicy(HardGraphPolicy):
             if i == 0:
                 m = nn.functional.elu(m)
         out = torch.cat([h, m], dim=-1)
-        return StepOut(out, out, {"actor": h}, drawn)
+        return StepOut(out, out, dict(nxt), drawn)
 
 
 MAGIC = PolicyEntry(MAGICConfig, MAGICPolicy)

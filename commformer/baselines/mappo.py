@@ -70,10 +70,18 @@ class MAPPOPolicy(RecurrentPolicy):
             raise ValueError("MAPPO with algo.critic_input=state needs the env's global state (keyword state)")
         return torch.cat([joint[:, None, :].expand(B, N, joint.shape[-1]), agent_ids(B, N, obs.device)], dim=-1)
 
-    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
-        ha = gru(self.actor_gru, torch.relu(self.actor_in(obs)), hidden["actor"])
-        hc = gru(self.critic_gru, torch.relu(self.critic_in(self.critic_features(obs, state))), hidden["critic"])
-        return StepOut(ha, hc, {"actor": ha, "critic": hc})
+    splits_recurrence = True
+
+    def core_inputs(self, obs, alive, state) -> dict[str, Tensor]:
+        return {"actor": torch.relu(self.actor_in(obs)),
+                "critic": torch.relu(self.critic_in(self.critic_features(obs, state)))}
+
+    def recur(self, x, hidden) -> dict[str, Tensor]:
+        return {"actor": gru(self.actor_gru, x["actor"], hidden["actor"]),
+                "critic": gru(self.critic_gru, x["critic"], hidden["critic"])}
+
+    def read(self, obs, alive, state, nxt, choices, generator, deterministic) -> StepOut:
+        return StepOut(nxt["actor"], nxt["critic"], dict(nxt))
 
 
 class IPPOPolicy(RecurrentPolicy):
@@ -88,9 +96,16 @@ class IPPOPolicy(RecurrentPolicy):
         self.embed, self.core = nn.Linear(o, f), nn.GRUCell(f, h)
         self.actor_out, self.critic_out = mlp(h, f, spec.n_actions), mlp(h, f, 1)
 
-    def step(self, obs, alive, state, hidden, choices, generator, deterministic) -> StepOut:
-        h = gru(self.core, torch.relu(self.embed(obs)), hidden["actor"])
-        return StepOut(h, h, {"actor": h})
+    splits_recurrence = True
+
+    def core_inputs(self, obs, alive, state) -> dict[str, Tensor]:
+        return {"actor": torch.relu(self.embed(obs))}
+
+    def recur(self, x, hidden) -> dict[str, Tensor]:
+        return {"actor": gru(self.core, x["actor"], hidden["actor"])}
+
+    def read(self, obs, alive, state, nxt, choices, generator, deterministic) -> StepOut:
+        return StepOut(nxt["actor"], nxt["actor"], dict(nxt))
 
 
 MAPPO = PolicyEntry(MAPPOConfig, MAPPOPolicy)

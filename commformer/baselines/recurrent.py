@@ -113,11 +113,33 @@ class RecurrentPolicy(PolicyBase):
         self.n_agents, self.hidden = n_agents, hidden
 
     # ---- what a subclass writes ------------------------------------------------------------------------------------
+    # Either step(), or, for a method whose recurrent core reads no message (splits_recurrence = True), the three
+    # parts of a step: core_inputs (from this step alone), recur (the core) and read (everything after the core).
+    # The update then runs only recur step by step and core_inputs / read once over all T steps of a column.
+    splits_recurrence = False
+
     def step(self, obs: Tensor, alive: Tensor, state: Optional[Tensor], hidden: dict[str, Tensor],
              choices: Optional[dict[str, Tensor]], generator: Optional[torch.Generator],
              deterministic: bool) -> StepOut:
         """obs [B,N,O], alive [B,N] bool, state [B,S] or None, hidden {name: [B,N,H]}; choices: the step's stored
-        choices to replay, or None to draw them (from generator; their deterministic form when deterministic)."""
+        choices to replay, or None to draw them (from generator; their deterministic form when deterministic).
+        By default the three parts in turn (a method that does not split its step writes its own)."""
+        nxt = self.recur(self.core_inputs(obs, alive, state), hidden)
+        return self.read(obs, alive, state, nxt, choices, generator, deterministic)
+
+    def core_inputs(self, obs: Tensor, alive: Tensor, state: Optional[Tensor]) -> dict[str, Tensor]:
+        """The core's inputs from this step's observations alone: {name: [B,...]} (splits_recurrence only)."""
+        raise NotImplementedError
+
+    def recur(self, x: dict[str, Tensor], hidden: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The next states {name: [B,N,H]} from core_inputs' output and the last states (splits_recurrence only)."""
+        raise NotImplementedError
+
+    def read(self, obs: Tensor, alive: Tensor, state: Optional[Tensor], nxt: dict[str, Tensor],
+             choices: Optional[dict[str, Tensor]], generator: Optional[torch.Generator],
+             deterministic: bool) -> StepOut:
+        """The step's output from its next states `nxt` (before dead agents' states are zeroed), as step()'s
+        (splits_recurrence only)."""
         raise NotImplementedError
 
     def choice_storage(self, num_envs: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -202,6 +224,9 @@ class RecurrentPolicy(PolicyBase):
         obs, alive, avail, start = batch["obs"], batch["alive"], batch["avail"], batch["start"]
         state = batch.get("state")
         names = list(self.choice_storage(1))
+        if self.splits_recurrence:
+            actor_in, critic_in, choice_lp, choice_ent = self._replay_split(batch, names)
+            return self._scored(batch, actor_in, critic_in, choice_lp, choice_ent)
         hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
         actor_in, critic_in, choice_lp, choice_ent = [], [], [], []
         for t in range(obs.shape[0]):
@@ -215,12 +240,46 @@ class RecurrentPolicy(PolicyBase):
             if out.choice_log_prob is not None:
                 choice_lp.append(out.choice_log_prob)
                 choice_ent.append(out.choice_entropy)
-        logits, value = self.heads(torch.stack(actor_in), torch.stack(critic_in))
-        logp_all = torch.log_softmax(masked_logits(logits, avail), dim=-1)
+        return self._scored(batch, torch.stack(actor_in), torch.stack(critic_in),
+                            torch.stack(choice_lp) if choice_lp else None,
+                            torch.stack(choice_ent) if choice_ent else None)
+
+    def _replay_split(self, batch: dict[str, Any], names: list[str]) -> tuple[Tensor, Tensor, Optional[Tensor],
+                                                                               Optional[Tensor]]:
+        """score()'s replay for a split step: core_inputs and read once over the T x B' steps, recur step by step.
+        Returns actor_in [T,B',N,F], critic_in [T,B',N,F'], the choices' log-probs and entropies [T,B',N] or None."""
+        obs, alive, start = batch["obs"], batch["alive"], batch["start"]
+        state = batch.get("state")
+        T, B = obs.shape[:2]
+        flat = lambda x: None if x is None else x.reshape(T * B, *x.shape[2:])  # noqa: E731
+        steps = lambda x: x.view(T, B, *x.shape[1:])  # noqa: E731
+        x = {k: steps(v) for k, v in self.core_inputs(flat(obs), flat(alive), flat(state)).items()}
+        hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
+        nxt_all: dict[str, list[Tensor]] = {n: [] for n in self.state_names}
+        for t in range(T):
+            if t > 0:  # a new episode starts from zero states (the stored ones are zero there too)
+                hidden = {n: torch.where(start[t][:, None, None], batch[f"h_{n}"][t], h) for n, h in hidden.items()}
+            nxt = self.recur({k: v[t] for k, v in x.items()}, hidden)
+            keep = alive[t][..., None].to(obs.dtype)
+            for n in self.state_names:
+                nxt_all[n].append(nxt[n])
+            hidden = {n: h * keep for n, h in nxt.items()}
+        nxt_flat = {n: torch.stack(v).reshape(T * B, *v[0].shape[1:]) for n, v in nxt_all.items()}
+        out = self.read(flat(obs), flat(alive), flat(state), nxt_flat, {k: flat(batch[k]) for k in names}, None, True)
+        return (steps(out.actor_in), steps(out.critic_in),
+                None if out.choice_log_prob is None else steps(out.choice_log_prob),
+                None if out.choice_entropy is None else steps(out.choice_entropy))
+
+    def _scored(self, batch: dict[str, Any], actor_in: Tensor, critic_in: Tensor, choice_lp: Optional[Tensor],
+                choice_ent: Optional[Tensor]) -> Scored:
+        """The heads once over all steps: actor_in [T,B',N,F], critic_in [T,B',N,F'] -> log-probs of the stored
+        actions (plus the choices' when they are actions), entropies and values [T,B',N]."""
+        logits, value = self.heads(actor_in, critic_in)
+        logp_all = torch.log_softmax(masked_logits(logits, batch["avail"]), dim=-1)
         logp = logp_all.gather(-1, batch["actions"][..., None]).squeeze(-1)
         ent = -(logp_all.exp() * logp_all).sum(-1)
-        if choice_lp:
-            logp, ent = logp + torch.stack(choice_lp), ent + torch.stack(choice_ent)
+        if choice_lp is not None:
+            logp, ent = logp + choice_lp, ent + choice_ent
         return Scored(logp, ent, value)
 
     def messages(self, stored: dict[str, Tensor], alive: Tensor) -> Tensor:
