@@ -255,3 +255,21 @@ def test_a_split_step_replays_as_the_sequential_loop(tmp_path, algo):
     assert float((control.log_prob - loop.log_prob).detach().abs().max()) > 1e-2
     tr.policy.splits_recurrence = True
     tr.close()
+
+
+@pytest.mark.parametrize("critic_input", ["state", "joint_obs"])
+def test_mappo_critic_embedding_is_the_linear_map_of_joint_and_id(critic_input):
+    """The critic's first layer, taken once per env on the joint input plus the id's weight column per agent, equals
+    critic_in on the concatenation [joint, one-hot id of agent i]; the control (every agent given agent 0's id) does
+    not."""
+    policy = build("mappo", critic_input=critic_input)
+    obs, _, _ = inputs()
+    state = torch.randn(B, SPEC.state_dim)
+    joint = state if critic_input == "state" else obs.reshape(B, -1)
+    ids = torch.eye(SPEC.n_agents).expand(B, -1, -1)
+    cat = torch.cat([joint[:, None, :].expand(B, SPEC.n_agents, -1), ids], dim=-1)
+    got = policy.critic_embedding(obs, state)
+    assert got.shape == (B, SPEC.n_agents, 8)
+    assert torch.allclose(got, policy.critic_in(cat), atol=1e-6)
+    same_id = torch.cat([joint[:, None, :].expand(B, SPEC.n_agents, -1), ids[:, :1].expand_as(ids)], dim=-1)
+    assert not torch.allclose(got, policy.critic_in(same_id), atol=1e-3)

@@ -253,7 +253,8 @@ class RecurrentPolicy(PolicyBase):
         T, B = obs.shape[:2]
         flat = lambda x: None if x is None else x.reshape(T * B, *x.shape[2:])  # noqa: E731
         steps = lambda x: x.view(T, B, *x.shape[1:])  # noqa: E731
-        x = {k: steps(v) for k, v in self.core_inputs(flat(obs), flat(alive), flat(state)).items()}
+        # unbind, not x[t]: the backward of T selects would fill a zero tensor of all T steps for each of them
+        x = {k: steps(v).unbind(0) for k, v in self.core_inputs(flat(obs), flat(alive), flat(state)).items()}
         hidden = {n: batch[f"h_{n}"][0] for n in self.state_names}
         nxt_all: dict[str, list[Tensor]] = {n: [] for n in self.state_names}
         for t in range(T):
