@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from commformer.analysis import compare
-from commformer.analysis.compare import (RunResult, comparison_rows, comparison_table, merge_overrides, ratio_stats,
-                                         read_metrics)
+from commformer.analysis.compare import (RunResult, comparison_rows, comparison_table, merge_overrides,
+                                         methods_rows, ratio_stats, read_metrics)
 from commformer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +98,28 @@ def test_compare_this_checkout_with_its_head_in_a_worktree(tmp_path):
     assert "- resolved configs" in text
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "commformer-bench-" not in worktrees  # removed again
+
+
+def test_methods_rows_ratio_per_round_to_the_first_method():
+    """Each method's median env steps per CPU s, and the median over rounds of its rate / the first method's rate in
+    the same round (the load of a round cancels)."""
+    rows = methods_rows({"commformer": [run(cpu=4.0), run(cpu=8.0), run(cpu=5.0)],
+                         "mappo": [run(cpu=8.0), run(cpu=16.0), run(cpu=20.0)]})
+    assert [r[0] for r in rows] == ["commformer", "mappo"]
+    assert rows[0][1] == "200" and rows[0][5] == "1.00x"  # 1000 / median(4, 8, 5) CPU s
+    assert rows[1][1] == "62" and rows[1][5] == "0.50x"  # ratios per round 0.5, 0.5, 0.25
+    assert rows[1][3] == "16.0"
+
+
+def test_methods_mode_runs_each_method_and_rejects_a_repeated_name(tmp_path):
+    """The real path on a tiny budget: each method's scripts/train.py as a subprocess, one round."""
+    with pytest.raises(UsageError, match="name each method once"):
+        compare.methods_main(["ippo", "ippo"], rounds=1, preset=None, overrides=[], out=None, warmup=False)
+    out = tmp_path / "methods.md"
+    text = compare.methods_main(["nocomm", "ippo"], rounds=1, preset=None, out=out, warmup=False,
+                                overrides=["total_env_steps=32", "num_envs=2", "rollout_length=16", "ppo_epochs=2",
+                                           "eval_episodes=2", "eval_envs=2", "algo.warmup_iters=0"])
+    assert out.read_text() == text and "FEWER THAN 3 ROUNDS" in text
+    lines = [line for line in text.splitlines() if line.startswith("| nocomm |") or line.startswith("| ippo |")]
+    assert len(lines) == 2 and lines[0].endswith("| 1.00x |")
+    assert "algo=<method>" in text

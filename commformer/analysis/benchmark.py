@@ -7,6 +7,8 @@ the load the machine is under.
 `python scripts/benchmark.py --compare REV [--pairs 3] [--preset authors_pp|smax_3m|default] [--overrides "k=v ..."]`
 runs this checkout's and REV's own scripts/train.py interleaved and reports speedups (commformer/analysis/compare.py),
 which hold up under shared load where absolute numbers do not.
+`python scripts/benchmark.py --methods mappo,ippo,... [--pairs 3] [--overrides "env=pp_medium ..."]` runs each method
+once per round, interleaved, and reports env steps per CPU second of each and its ratio to the first method.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from commformer.analysis.compare import PRESETS, compare_main
+from commformer.analysis.compare import PRESETS, compare_main, methods_main
 from commformer.analysis.tables import md_table
 from commformer.cli_args import OneLineParser, positive_int
 from commformer.errors import guarded
@@ -162,7 +164,19 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--a-overrides", default="", help="extra overrides for side A (this checkout) only")
     g.add_argument("--b-overrides", default="", help="extra overrides for side B only (to compare two settings)")
     g.add_argument("--no-warmup", action="store_true", help="skip the short untimed run of each side first")
+    m = p.add_argument_group("several methods on one task (--methods; --pairs is then the number of rounds, "
+                             "--preset and --overrides apply to every method)")
+    m.add_argument("--methods", metavar="ALGO,ALGO,...", default=None,
+                   help="algo presets to run interleaved, each once per round (ratios to the first)")
     args = guarded(lambda: p.parse_args(argv))
+    if args.methods is not None and args.compare is not None:
+        guarded(lambda: p.error("--methods and --compare: give one of them"))
+    if args.methods is not None:
+        script_logging()
+        text = guarded(lambda: methods_main([x for x in args.methods.split(",") if x], args.pairs, args.preset,
+                                            args.overrides.split(), args.out, warmup=not args.no_warmup))
+        sys.stdout.write(text)
+        return
     if args.compare is not None:
         script_logging()
         text = guarded(lambda: compare_main(args.compare, args.pairs, args.preset, args.overrides.split(),
