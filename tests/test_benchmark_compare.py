@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from commformer.analysis import compare
-from commformer.analysis.compare import (RunResult, comparison_rows, comparison_table, merge_overrides,
-                                         methods_rows, ratio_stats, read_metrics)
+from commformer.analysis.compare import (RunResult, comparison_rows, comparison_table, merge_overrides, ratio_stats,
+                                         read_metrics)
+from commformer.analysis.methods_bench import methods_main, methods_rows
 from commformer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +115,9 @@ def test_methods_rows_ratio_per_round_to_the_first_method():
 def test_methods_mode_runs_each_method_and_rejects_a_repeated_name(tmp_path):
     """The real path on a tiny budget: each method's scripts/train.py as a subprocess, one round."""
     with pytest.raises(UsageError, match="name each method once"):
-        compare.methods_main(["ippo", "ippo"], rounds=1, preset=None, overrides=[], out=None, warmup=False)
+        methods_main(["ippo", "ippo"], rounds=1, preset=None, overrides=[], out=None, warmup=False)
     out = tmp_path / "methods.md"
-    text = compare.methods_main(["nocomm", "ippo"], rounds=1, preset=None, out=out, warmup=False,
+    text = methods_main(["nocomm", "ippo"], rounds=1, preset=None, out=out, warmup=False,
                                 overrides=["total_env_steps=32", "num_envs=2", "rollout_length=16", "ppo_epochs=2",
                                            "eval_episodes=2", "eval_envs=2", "algo.warmup_iters=0"])
     assert out.read_text() == text and "FEWER THAN 3 ROUNDS" in text

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import yaml
 
-from commformer.analysis.compare import PRESETS, compare_main, methods_main
+from commformer.analysis.compare import PRESETS, compare_main
+from commformer.analysis.methods_bench import methods_main
 from commformer.analysis.tables import md_table
 from commformer.cli_args import OneLineParser, positive_int
 from commformer.errors import guarded
