@@ -3,6 +3,7 @@
 end to end through the real CLI into scripts/report.py (tables, intervals, LaTeX, marl-eval JSON, figures)."""
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def test_tiny_study_runs_from_its_config_and_reports(tmp_path, capsys):
     for png in ("curves.png", "profiles.png", "messages.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # per run: the success rate of its last evaluation's 20 episodes with the Wilson interval
-    assert "| 95% CI (Wilson) | msgs/step | run |" in text
+    assert "| 95% CI (Wilson) | msgs/step | env steps/s | run |" in text
     job = sweep / "algo=full,env=pcp,seed=1,total_env_steps=2000"
     success, messages = final_values(job, "eval/success")
     k = round(success * 20)
@@ -169,8 +170,11 @@ def test_tiny_study_runs_from_its_config_and_reports(tmp_path, capsys):
     for algo, values in finals.items():
         lo, hi = bootstrap_ci(values, iqm, 2000, 0.95, 0)
         msgs = 6 if algo == "full" else 0
-        assert (f"| pcp | {algo} | eval/return | 2 | {g(iqm(values))} | [{g(lo)}, {g(hi)}] | {g(np.mean(values))} | "
-                f"2000 | {msgs} [{msgs}, {msgs}] | fewer than 5 seeds |") in text
+        line = (f"| pcp | {algo} | eval/return | 2 | {g(iqm(values))} | [{g(lo)}, {g(hi)}] | {g(np.mean(values))} | "
+                f"2000 | {msgs} [{msgs}, {msgs}] | ")
+        assert line in text
+        # then the runs' env steps per second (a real run logs it), then the notes
+        assert re.search(re.escape(line) + r"[1-9][\d,]* \| fewer than 5 seeds \|", text)
         assert f"pcp & {algo} & eval/return & 2 & {g(iqm(values))} & [{g(lo)}, {g(hi)}] & {msgs} \\\\" in latex
     x, y = sorted(finals, key=lambda a: (-iqm(finals[a]), a))  # X: the higher IQM
     p = probability_of_improvement(finals[x], finals[y])
