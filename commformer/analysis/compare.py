@@ -286,6 +286,18 @@ class Comparison:
     config_diff: list[str] = field(default_factory=list)
 
 
+def warm_up(side: Side, run_dir: Path) -> None:
+    """One short untimed run of side (byte-compiles a fresh worktree, fills compile caches, warms the file cache)."""
+    run_once(dataclasses.replace(side, overrides=merge_overrides(
+        side.overrides, ["total_env_steps=1", "eval_episodes=1", "eval_envs=1"])), run_dir)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (the tables go to stdout)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def interleaved(a: Side, b: Side, pairs: int, work_dir: Path, warmup: bool = True,
                 progress: Callable[[str], None] | None = None) -> Comparison:
     """Run A B A B ... (`pairs` pairs) under the same load; with warmup, one short untimed run of each side first
@@ -296,9 +308,7 @@ def interleaved(a: Side, b: Side, pairs: int, work_dir: Path, warmup: bool = Tru
     if warmup:
         for side, tag in ((a, "A"), (b, "B")):
             say(f"warm-up {tag} ({side.label})")
-            tiny = dataclasses.replace(side, overrides=merge_overrides(
-                side.overrides, ["total_env_steps=1", "eval_episodes=1", "eval_envs=1"]))
-            run_once(tiny, work_dir / f"warmup_{tag}")
+            warm_up(side, work_dir / f"warmup_{tag}")
     runs_a, runs_b = [], []
     for i in range(pairs):
         for side, tag, runs in ((a, "A", runs_a), (b, "B", runs_b)):
@@ -349,10 +359,6 @@ def compare_main(rev: str, pairs: int, preset: str | None, overrides: Sequence[s
     common = merge_overrides(COMMON, PRESETS[preset] if preset else [], extra)
     ov, ov_b = merge_overrides(common, a_overrides), merge_overrides(common, b_overrides)
 
-    def say(message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-
     with tempfile.TemporaryDirectory(prefix="commformer-bench-runs-") as tmp:
         local = Path(rev)
         if local.is_dir() and (local / "scripts" / "train.py").is_file():  # another checkout on disk
@@ -371,4 +377,3 @@ def compare_main(rev: str, pairs: int, preset: str | None, overrides: Sequence[s
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     return text
-

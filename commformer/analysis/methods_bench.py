@@ -3,19 +3,17 @@ per round, the methods interleaved within each round so each sees the same load;
 second of each run's process tree and the ratio to the first method of the same round."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 from commformer.analysis.compare import (COMMON, PRESETS, ROOT, RunResult, Side, describe_checkout, merge_overrides,
-                                         run_once)
+                                         run_once, say, warm_up)
 from commformer.analysis.tables import md_table
 from commformer.errors import UsageError
 
@@ -49,10 +47,6 @@ def methods_main(methods: Sequence[str], rounds: int, preset: str | None, overri
     common = merge_overrides(COMMON, PRESETS[preset] if preset else [], list(overrides))
     sides = {m: Side(m, ROOT, merge_overrides(common, [f"algo={m}"])) for m in methods}
 
-    def say(message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-
     started = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load0, t0 = os.getloadavg(), time.perf_counter()
     runs: dict[str, list[RunResult]] = {m: [] for m in methods}
@@ -60,9 +54,7 @@ def methods_main(methods: Sequence[str], rounds: int, preset: str | None, overri
         if warmup:
             for m, side in sides.items():
                 say(f"warm-up {m}")
-                tiny = dataclasses.replace(side, overrides=merge_overrides(
-                    side.overrides, ["total_env_steps=1", "eval_episodes=1", "eval_envs=1"]))
-                run_once(tiny, Path(tmp) / f"warmup_{m}")
+                warm_up(side, Path(tmp) / f"warmup_{m}")
         for i in range(rounds):
             for m, side in sides.items():
                 say(f"round {i + 1}/{rounds}: {m}")
