@@ -35,12 +35,13 @@ def test_recorded_over_the_live_steps_of_an_evaluation(cls, cfg, head):
     with torch.no_grad():
         last.weight.zero_()
         last.bias.copy_(torch.tensor([0.0, math.log(3.0)]))
-    seen = record_talk(policy, env)
+    record = record_talk(policy, env)
     out = evaluate(policy, env, 3, torch.device("cpu"), None, sample_actions=True)  # moving agents end episodes
-    p = torch.cat(seen)
+    p = torch.cat(record.values)
     live_steps = 16 * out["eval/steps"]
     assert out["eval/steps"] < 20  # some episode ended early, so the live mask matters
     assert p.numel() == round(6 * live_steps)  # 3 predators, all alive: 6 pairs
+    assert record.live_steps == round(live_steps)
     assert abs(out["comm/eval_messages_per_step"] - 0.75 * 6) < 0.3  # > 4 standard errors over ~1,700 draws
     assert torch.allclose(p, torch.full_like(p, 0.75))
 

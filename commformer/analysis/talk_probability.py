@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -25,19 +26,28 @@ def talk_probability(logits: Tensor, alive: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1)[..., 1][heard(alive)]
 
 
-def record_talk(policy, env) -> list[Tensor]:
-    """Wrap the policy's draw_graph (GA-Comm's and MAGIC's hard graph) so each call appends the talk_probability of
-    the env copies still in their first episode (env.step is wrapped to see which have finished) to the returned
-    list; UsageError for a policy with no per-step hard graph."""
+@dataclass
+class TalkRecord:
+    """What record_talk collects: the talk probabilities of each call, and the live env-copy steps they cover."""
+
+    values: list[Tensor] = field(default_factory=list)
+    live_steps: int = 0
+
+
+def record_talk(policy, env) -> TalkRecord:
+    """Wrap the policy's draw_graph (GA-Comm's and MAGIC's hard graph) so each call records the talk_probability of
+    the env copies still in their first episode (env.step is wrapped to see which have finished) and counts those
+    copies; UsageError for a policy with no per-step hard graph."""
     draw = getattr(policy, "draw_graph", None)
     if draw is None:
         raise UsageError(f"{type(policy).__name__} draws no per-step hard graph; allowed: algo=gacomm, algo=magic")
-    seen: list[Tensor] = []
+    record = TalkRecord()
     finished = torch.zeros(env.num_envs, dtype=torch.bool)
     step = env.step
 
     def drawing(logits, alive, *args, **kwargs):
-        seen.append(talk_probability(logits.detach(), alive & ~finished[:, None].to(alive.device)))
+        record.values.append(talk_probability(logits.detach(), alive & ~finished[:, None].to(alive.device)))
+        record.live_steps += int((~finished).sum())
         return draw(logits, alive, *args, **kwargs)
 
     def stepping(actions):
@@ -46,13 +56,13 @@ def record_talk(policy, env) -> list[Tensor]:
         return out
 
     policy.draw_graph, env.step = drawing, stepping
-    return seen
+    return record
 
 
 def run_talk_probability(run: LoadedRun, episodes: int, seed: int | None) -> dict[str, Any]:
     """One checkpoint: `episodes` deterministic evaluation episodes (one per env copy) -> the talk probability's mean,
     median and share above 0.5 / 0.01 over every alive pair and step, the expected pairs kept per step by a Gumbel
-    draw (sum over pairs), the argmax graph's messages per step and the episodes' success."""
+    draw per live step (the sum over pairs; alive pairs only), the argmax graph's messages per step and the episodes' success."""
     from commformer.training.evaluation import evaluate
     from envs.registry import make_env
 
@@ -62,15 +72,14 @@ def run_talk_probability(run: LoadedRun, episodes: int, seed: int | None) -> dic
     env = make_env(cfg.env, episodes, device)
     try:
         policy = build_eval_policy(run, env.spec, device)
-        seen = record_talk(policy, env)
+        record = record_talk(policy, env)
         out = evaluate(policy, env, seed, device, resolve_choices(policy, "auto", "auto", cfg, run.iteration))
     finally:
         env.close()
-    p = torch.cat(seen).double()
-    n = env.spec.n_agents
+    p = torch.cat(record.values).double()
     return {"run": str(run.path), "pairs": int(p.numel()), "mean": float(p.mean()), "median": float(p.median()),
             "above_half": float((p > 0.5).double().mean()), "above_0.01": float((p > 0.01).double().mean()),
-            "expected_pairs": float(p.mean()) * n * (n - 1), "messages": out["comm/eval_messages_per_step"],
+            "expected_pairs": float(p.sum()) / max(record.live_steps, 1), "messages": out["comm/eval_messages_per_step"],
             "success": out.get("eval/success", float("nan"))}
 
 
